@@ -1,0 +1,26 @@
+"""sb3-ddpg-paper: the DDPG of Lillicrap et al. (2016) as published, as a Stable-Baselines3 plugin."""
+
+from sb3_ddpg_paper.ddpg import PaperDDPG
+from sb3_ddpg_paper.noise import OrnsteinUhlenbeckNoise
+from sb3_ddpg_paper.policies import CnnPolicy, MlpPolicy, MultiInputPolicy, PaperDDPGPolicy
+from sb3_ddpg_paper.torch_layers import (
+    init_fan_in_uniform,
+    init_kaiming_normal,
+    init_uniform,
+    init_xavier_uniform,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CnnPolicy",
+    "MlpPolicy",
+    "MultiInputPolicy",
+    "OrnsteinUhlenbeckNoise",
+    "PaperDDPG",
+    "PaperDDPGPolicy",
+    "init_fan_in_uniform",
+    "init_kaiming_normal",
+    "init_uniform",
+    "init_xavier_uniform",
+]

@@ -1,0 +1,440 @@
+"""PaperDDPG: Algorithm 1 of Lillicrap et al. 2016 as a Stable-Baselines3 off-policy algorithm."""
+
+from typing import Any, ClassVar, TypeVar
+
+import gymnasium as gym
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.base_class import maybe_make_env
+from stable_baselines3.common.buffers import ReplayBuffer
+from stable_baselines3.common.noise import ActionNoise, VectorizedActionNoise
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.preprocessing import get_action_dim, is_image_space
+from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
+from stable_baselines3.common.utils import FloatSchedule, update_learning_rate
+from stable_baselines3.common.vec_env import VecEnv
+from torch.nn import functional as F
+
+from sb3_ddpg_paper.noise import OrnsteinUhlenbeckNoise
+from sb3_ddpg_paper.policies import Actor, CnnPolicy, Critic, MlpPolicy, MultiInputPolicy, PaperDDPGPolicy
+from sb3_ddpg_paper.torch_layers import batch_norm_modules, frozen_running_statistics
+
+SelfPaperDDPG = TypeVar("SelfPaperDDPG", bound="PaperDDPG")
+
+OU_NOISE = "ornstein-uhlenbeck"
+
+
+def _check_positive_number_or_schedule(name: str, value: Any) -> None:
+    if callable(value):
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ValueError(f"{name} must be a positive number or a schedule (callable), got {value!r}.")
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+
+
+class PaperDDPG(OffPolicyAlgorithm):
+    """
+    Deep Deterministic Policy Gradient as published: Lillicrap et al. 2016, Algorithm 1 and sec. 7.
+
+    Unlike SB3's ``DDPG`` (TD3 without its tricks), this is the paper's algorithm with the paper's defaults:
+    separate actor and critic learning rates (1e-4 / 1e-3), L2 weight decay 1e-2 on the critic only, tau 1e-3,
+    minibatch 64, a 400-300 network with batch norm and the action entering the critic at the 2nd hidden layer,
+    and Ornstein-Uhlenbeck exploration (theta 0.15, sigma 0.2).
+
+    Paper: https://arxiv.org/abs/1509.02971
+    Reference implementation: rllab's ``DDPG`` (https://github.com/rll/rllab)
+
+    :param policy: The policy model to use (MlpPolicy, CnnPolicy, ...). When it is an environment id and ``env`` is
+        not given, it is taken as the environment and the policy is chosen from its observation space.
+        ``None``: chosen from the observation space of ``env``.
+    :param env: The environment to learn from (if registered in Gym, can be str)
+    :param learning_rate: learning rate of the actor's Adam optimizer (paper: 1e-4);
+        it can be a function of the current progress remaining (from 1 to 0)
+    :param qf_learning_rate: learning rate of the critic's Adam optimizer (paper: 1e-3); a number or a schedule
+    :param buffer_size: size of the replay buffer
+    :param learning_starts: how many steps of the model to collect transitions for before learning starts
+        (the paper does not say; during these steps actions are uniformly random)
+    :param batch_size: Minibatch size for each gradient update (paper: 64 low-dimensional, 16 pixels)
+    :param tau: the soft update coefficient ("Polyak update", between 0 and 1; paper: 1e-3)
+    :param gamma: the discount factor
+    :param train_freq: Update the model every ``train_freq`` steps. Alternatively pass a tuple of frequency and unit
+        like ``(5, "step")`` or ``(2, "episode")``.
+    :param gradient_steps: How many gradient steps to do after each rollout (see ``train_freq``)
+        Set to ``-1`` means to do as many gradient steps as steps done in the environment
+        during the rollout.
+    :param action_noise: the exploration noise. Default ``"ornstein-uhlenbeck"``: the paper's OU process
+        (:class:`~sb3_ddpg_paper.noise.OrnsteinUhlenbeckNoise`, configured by ``action_noise_kwargs``).
+        Any SB3 ``ActionNoise`` is accepted; ``None`` means no noise, as in SB3.
+    :param action_noise_kwargs: keyword arguments of ``OrnsteinUhlenbeckNoise`` when ``action_noise`` is
+        ``"ornstein-uhlenbeck"`` (e.g. ``dict(sigma=0.3, dt=1.0, min_epsilon=0.1, epsilon_decay_steps=50_000)``)
+    :param replay_buffer_class: Replay buffer class to use (for instance ``HerReplayBuffer``).
+        If ``None``, it will be automatically selected.
+    :param replay_buffer_kwargs: Keyword arguments to pass to the replay buffer on creation.
+    :param optimize_memory_usage: Enable a memory efficient variant of the replay buffer
+        at a cost of more complexity.
+        See https://github.com/DLR-RM/stable-baselines3/issues/37#issuecomment-637501195
+    :param n_steps: When n_step > 1, uses n-step return (with the NStepReplayBuffer) when updating the Q-value network.
+        The paper uses 1-step targets.
+    :param critic_weight_decay: L2 weight decay of the critic (paper: 1e-2; the actor has none). Its scope is the
+        policy's ``weight_decay_scope``.
+    :param target_update_interval: soft-update the target networks every ``target_update_interval`` gradient steps
+    :param actor_target_update_interval: the same for the target actor only (``None``: ``target_update_interval``)
+    :param critic_target_update_interval: the same for the target critic only (``None``: ``target_update_interval``)
+    :param stats_window_size: Window size for the rollout logging, specifying the number of episodes to average
+        the reported success rate, mean episode length, and mean reward over
+    :param tensorboard_log: the log location for tensorboard (if None, no logging)
+    :param policy_kwargs: additional arguments to be passed to the policy on creation. See
+        :class:`~sb3_ddpg_paper.policies.PaperDDPGPolicy`
+    :param verbose: Verbosity level: 0 for no output, 1 for info messages (such as device or wrappers used), 2 for
+        debug messages
+    :param seed: Seed for the pseudo random generators (the exploration noise included)
+    :param device: Device (cpu, cuda, ...) on which the code should be run.
+        Setting it to auto, the code will be run on the GPU if possible.
+    :param _init_setup_model: Whether or not to build the network at the creation of the instance
+    """
+
+    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
+        "MlpPolicy": MlpPolicy,
+        "CnnPolicy": CnnPolicy,
+        "MultiInputPolicy": MultiInputPolicy,
+    }
+    policy: PaperDDPGPolicy
+    actor: Actor
+    actor_target: Actor
+    critic: Critic
+    critic_target: Critic
+
+    def __init__(
+        self,
+        policy: str | type[PaperDDPGPolicy] | None = None,
+        env: GymEnv | str | None = None,
+        learning_rate: float | Schedule = 1e-4,
+        qf_learning_rate: float | Schedule = 1e-3,
+        buffer_size: int = 1_000_000,  # 1e6
+        learning_starts: int = 1000,
+        batch_size: int = 64,
+        tau: float = 0.001,
+        gamma: float = 0.99,
+        train_freq: int | tuple[int, str] = 1,
+        gradient_steps: int = 1,
+        action_noise: ActionNoise | str | None = OU_NOISE,
+        action_noise_kwargs: dict[str, Any] | None = None,
+        replay_buffer_class: type[ReplayBuffer] | None = None,
+        replay_buffer_kwargs: dict[str, Any] | None = None,
+        optimize_memory_usage: bool = False,
+        n_steps: int = 1,
+        critic_weight_decay: float = 1e-2,
+        target_update_interval: int = 1,
+        actor_target_update_interval: int | None = None,
+        critic_target_update_interval: int | None = None,
+        stats_window_size: int = 100,
+        tensorboard_log: str | None = None,
+        policy_kwargs: dict[str, Any] | None = None,
+        verbose: int = 0,
+        seed: int | None = None,
+        device: th.device | str = "auto",
+        _init_setup_model: bool = True,
+    ):
+        policy, env = self._resolve_policy_and_env(policy, env)
+        self._check_hyperparameters(
+            learning_rate=learning_rate,
+            qf_learning_rate=qf_learning_rate,
+            buffer_size=buffer_size,
+            learning_starts=learning_starts,
+            batch_size=batch_size,
+            tau=tau,
+            gamma=gamma,
+            gradient_steps=gradient_steps,
+            n_steps=n_steps,
+            critic_weight_decay=critic_weight_decay,
+            target_update_interval=target_update_interval,
+            actor_target_update_interval=actor_target_update_interval,
+            critic_target_update_interval=critic_target_update_interval,
+            action_noise=action_noise,
+            action_noise_kwargs=action_noise_kwargs,
+            policy_kwargs=policy_kwargs,
+        )
+        super().__init__(
+            policy,
+            env,  # type: ignore[arg-type]
+            learning_rate,
+            buffer_size,
+            learning_starts,
+            batch_size,
+            tau,
+            gamma,
+            train_freq,
+            gradient_steps,
+            action_noise=None,  # built in _setup_model, once the action space is known
+            replay_buffer_class=replay_buffer_class,
+            replay_buffer_kwargs=replay_buffer_kwargs,
+            optimize_memory_usage=optimize_memory_usage,
+            n_steps=n_steps,
+            policy_kwargs=policy_kwargs,
+            stats_window_size=stats_window_size,
+            tensorboard_log=tensorboard_log,
+            verbose=verbose,
+            device=device,
+            seed=seed,
+            sde_support=False,
+            supported_action_spaces=None,  # checked below, with a clearer message than SB3's assertion
+            support_multi_env=True,
+        )
+        self.action_noise = action_noise  # type: ignore[assignment]
+        self.action_noise_kwargs = action_noise_kwargs
+        self.qf_learning_rate = qf_learning_rate
+        self.target_update_interval = target_update_interval
+        self.actor_target_update_interval = actor_target_update_interval
+        self.critic_target_update_interval = critic_target_update_interval
+        # The algorithm's critic weight decay is handed to the policy, which builds the optimizers
+        self.policy_kwargs["critic_weight_decay"] = critic_weight_decay
+
+        if _init_setup_model:
+            self._setup_model()
+
+    # ------------------------------------------------------------------ construction helpers
+    @classmethod
+    def _resolve_policy_and_env(
+        cls, policy: str | type[PaperDDPGPolicy] | None, env: GymEnv | str | None
+    ) -> tuple[str | type[PaperDDPGPolicy], GymEnv | str | None]:
+        """``PaperDDPG("Pendulum-v1")`` and ``PaperDDPG(env=...)``: choose the policy from the observation space."""
+        if isinstance(policy, str) and policy not in cls.policy_aliases:
+            if env is not None:
+                raise ValueError(
+                    f"Unknown policy {policy!r}: expected one of {sorted(cls.policy_aliases)} or a policy class "
+                    "(or pass an environment id alone, e.g. PaperDDPG('Pendulum-v1'))."
+                )
+            policy, env = None, policy
+        if isinstance(env, str):
+            env = maybe_make_env(env, verbose=0)  # as SB3 makes it (render_mode="rgb_array" when supported)
+        if env is not None:
+            cls._check_action_space(env.action_space)
+        if policy is not None:
+            return policy, env
+        if env is None:
+            raise ValueError("PaperDDPG needs an environment: PaperDDPG('Pendulum-v1') or PaperDDPG('MlpPolicy', env).")
+        return cls.default_policy_for(env.observation_space), env
+
+    @classmethod
+    def default_policy_for(cls, observation_space: spaces.Space) -> str:
+        """The policy alias for an observation space: MultiInputPolicy for Dict, CnnPolicy for images, else MlpPolicy."""
+        if isinstance(observation_space, spaces.Dict):
+            return "MultiInputPolicy"
+        if is_image_space(observation_space, check_channels=False):
+            return "CnnPolicy"
+        return "MlpPolicy"
+
+    @staticmethod
+    def _check_hyperparameters(**hp: Any) -> None:
+        """Refuse out-of-range hyperparameters before anything is built, naming the parameter and what is accepted."""
+        _check_positive_number_or_schedule("learning_rate", hp["learning_rate"])
+        _check_positive_number_or_schedule("qf_learning_rate", hp["qf_learning_rate"])
+        _check_int("buffer_size", hp["buffer_size"], 1)
+        _check_int("learning_starts", hp["learning_starts"], 0)
+        _check_int("batch_size", hp["batch_size"], 1)
+        _check_int("n_steps", hp["n_steps"], 1)
+        _check_int("target_update_interval", hp["target_update_interval"], 1)
+        for name in ("actor_target_update_interval", "critic_target_update_interval"):
+            if hp[name] is not None:
+                _check_int(name, hp[name], 1)
+        if isinstance(hp["gradient_steps"], bool) or not isinstance(hp["gradient_steps"], int) or hp["gradient_steps"] < -1:
+            raise ValueError(f"gradient_steps must be an integer >= -1 (-1: as many as env steps), got {hp['gradient_steps']!r}.")
+        if not isinstance(hp["tau"], int | float) or not 0 < hp["tau"] <= 1:
+            raise ValueError(f"tau must be in (0, 1] (1: hard copy, i.e. no target networks), got {hp['tau']!r}.")
+        if not isinstance(hp["gamma"], int | float) or not 0 <= hp["gamma"] <= 1:
+            raise ValueError(f"gamma must be in [0, 1], got {hp['gamma']!r}.")
+        if not isinstance(hp["critic_weight_decay"], int | float) or not hp["critic_weight_decay"] >= 0:
+            raise ValueError(f"critic_weight_decay must be a number >= 0, got {hp['critic_weight_decay']!r}.")
+        noise = hp["action_noise"]
+        if not (noise is None or noise == OU_NOISE or isinstance(noise, ActionNoise)):
+            raise ValueError(f"action_noise must be an SB3 ActionNoise, {OU_NOISE!r} (the paper's) or None, got {noise!r}.")
+        if hp["action_noise_kwargs"] and noise != OU_NOISE:
+            raise ValueError(f"action_noise_kwargs is only used with action_noise={OU_NOISE!r}, got action_noise={noise!r}.")
+        policy_kwargs = hp["policy_kwargs"] or {}
+        if "critic_weight_decay" in policy_kwargs:
+            raise ValueError("Set critic_weight_decay as an argument of PaperDDPG, not in policy_kwargs.")
+        if policy_kwargs.get("n_critics", 1) != 1:
+            raise ValueError(
+                f"PaperDDPG trains one critic, as the paper does; got policy_kwargs n_critics={policy_kwargs['n_critics']!r} "
+                "(several critics are for SB3's TD3, which can use PaperDDPGPolicy)."
+            )
+
+    @staticmethod
+    def _check_action_space(action_space: spaces.Space) -> None:
+        if not isinstance(action_space, spaces.Box):
+            raise ValueError(
+                f"PaperDDPG needs a continuous (gymnasium.spaces.Box) action space with finite bounds; got {action_space}. "
+                "For discrete actions use e.g. SB3's DQN; for Dict or Tuple actions, wrap the environment so that "
+                "its actions form one Box."
+            )
+        if not (np.all(np.isfinite(action_space.low)) and np.all(np.isfinite(action_space.high))):
+            raise ValueError(
+                f"PaperDDPG needs finite action bounds (the actor's tanh output is rescaled to [low, high]); got {action_space}. "
+                "Wrap the environment so that its action space has finite low and high bounds."
+            )
+
+    # ------------------------------------------------------------------ SB3 hooks
+    def _setup_model(self) -> None:
+        super()._setup_model()
+        self.qf_lr_schedule = FloatSchedule(self.qf_learning_rate)
+        self._create_aliases()
+        update_learning_rate(self.critic.optimizer, self.qf_lr_schedule(self._current_progress_remaining))
+        if self.action_noise == OU_NOISE:
+            # Built here (not in __init__) because the action space is needed; a loaded model keeps its saved noise.
+            self.action_noise = OrnsteinUhlenbeckNoise(
+                get_action_dim(self.action_space), seed=self.seed, **(self.action_noise_kwargs or {})
+            )
+
+    def _create_aliases(self) -> None:
+        self.actor = self.policy.actor
+        self.actor_target = self.policy.actor_target
+        self.critic = self.policy.critic
+        self.critic_target = self.policy.critic_target
+        # Flat tensor lists for the soft updates (parameters) and the batch-norm statistics copies (buffers)
+        self._actor_params = list(self.actor.parameters())
+        self._actor_target_params = list(self.actor_target.parameters())
+        self._critic_params = list(self.critic.parameters())
+        self._critic_target_params = list(self.critic_target.parameters())
+        self._actor_buffers = list(self.actor.buffers())
+        self._actor_target_buffers = list(self.actor_target.buffers())
+        self._critic_buffers = list(self.critic.buffers())
+        self._critic_target_buffers = list(self.critic_target.buffers())
+        self._critic_batch_norms = batch_norm_modules(self.critic)
+
+    def set_random_seed(self, seed: int | None = None) -> None:
+        super().set_random_seed(seed)
+        if seed is not None and isinstance(self.action_noise, OrnsteinUhlenbeckNoise):
+            self.action_noise.seed(seed)
+
+    def _setup_learn(
+        self,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        reset_num_timesteps: bool = True,
+        tb_log_name: str = "run",
+        progress_bar: bool = False,
+    ):
+        assert self.env is not None, "You must set the environment before calling learn()"
+        n_envs = self.env.num_envs
+        if isinstance(self.action_noise, OrnsteinUhlenbeckNoise):
+            if self.action_noise.n_envs != n_envs:
+                self.action_noise.set_n_envs(n_envs)
+        elif isinstance(self.action_noise, VectorizedActionNoise) and self.action_noise.n_envs != n_envs:
+            # SB3 would keep a wrapper sized for the env count the model was trained with, and crash
+            self.action_noise = self.action_noise.base_noise
+        return super()._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar)
+
+    def set_env(self, env: GymEnv, force_reset: bool = True) -> None:
+        if isinstance(env, gym.Env | VecEnv):
+            self._check_action_space(env.action_space)
+        super().set_env(env, force_reset)
+
+    # ------------------------------------------------------------------ Algorithm 1
+    def train(self, gradient_steps: int, batch_size: int = 64) -> None:
+        assert self.replay_buffer is not None
+        self.policy.set_training_mode(True)
+        self._update_learning_rate(self.actor.optimizer)
+        qf_learning_rate = self.qf_lr_schedule(self._current_progress_remaining)
+        update_learning_rate(self.critic.optimizer, qf_learning_rate)
+        self.logger.record("train/qf_learning_rate", qf_learning_rate)
+        actor_interval = self.actor_target_update_interval or self.target_update_interval
+        critic_interval = self.critic_target_update_interval or self.target_update_interval
+
+        actor_losses, critic_losses, q_values = [], [], []
+        for _ in range(gradient_steps):
+            self._n_updates += 1
+            replay_data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
+            # n-step returns: the buffer gives gamma**k for the k steps actually used
+            discounts = replay_data.discounts if replay_data.discounts is not None else self.gamma
+
+            # Critic step. Algorithm 1: y_i = r_i + gamma * Q'(s_{i+1}, mu'(s_{i+1})) from the TARGET networks;
+            # true terminals are masked, time-limit truncations bootstrapped (handled by the replay buffer).
+            with th.no_grad():
+                next_actions = self.actor_target(replay_data.next_observations)
+                next_q_values = self.critic_target.q1_forward(replay_data.next_observations, next_actions)
+                target_q_values = replay_data.rewards + (1 - replay_data.dones) * discounts * next_q_values
+            # Batch norm: the critic normalises with this batch's statistics and updates its running statistics
+            current_q_values = self.critic(replay_data.observations, replay_data.actions)[0]
+            critic_loss = F.mse_loss(current_q_values, target_q_values)
+            self.critic.optimizer.zero_grad()
+            critic_loss.backward()
+            self.critic.optimizer.step()
+
+            # Actor step, with the updated critic. Algorithm 1: grad J ~ mean grad_a Q(s, a)|a=mu(s) grad mu(s),
+            # i.e. minimise -mean Q(s, mu(s)). The critic normalises with the statistics of the same state batch it
+            # has just been trained on, without counting that batch twice in its running statistics.
+            with frozen_running_statistics(self._critic_batch_norms):
+                actor_loss = -self.critic.q1_forward(replay_data.observations, self.actor(replay_data.observations)).mean()
+            self.actor.optimizer.zero_grad()
+            actor_loss.backward()
+            self.actor.optimizer.step()
+
+            # Target updates: theta' <- tau * theta + (1 - tau) * theta'; batch-norm statistics are copied
+            with th.no_grad():
+                if self._n_updates % critic_interval == 0:
+                    th._foreach_lerp_(self._critic_target_params, self._critic_params, self.tau)
+                    th._foreach_copy_(self._critic_target_buffers, self._critic_buffers)
+                if self._n_updates % actor_interval == 0:
+                    th._foreach_lerp_(self._actor_target_params, self._actor_params, self.tau)
+                    th._foreach_copy_(self._actor_target_buffers, self._actor_buffers)
+
+            critic_losses.append(critic_loss.detach())
+            actor_losses.append(actor_loss.detach())
+            q_values.append(current_q_values.detach().mean())
+
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        if critic_losses:
+            self.logger.record("train/critic_loss", th.stack(critic_losses).mean().item())
+            self.logger.record("train/actor_loss", th.stack(actor_losses).mean().item())
+            self.logger.record("train/q_mean", th.stack(q_values).mean().item())
+
+    def dump_logs(self) -> None:
+        if isinstance(self.action_noise, OrnsteinUhlenbeckNoise):
+            self.logger.record("rollout/exploration_epsilon", self.action_noise.epsilon)
+        super().dump_logs()
+
+    def learn(
+        self: SelfPaperDDPG,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        log_interval: int = 4,
+        tb_log_name: str = "PaperDDPG",
+        reset_num_timesteps: bool = True,
+        progress_bar: bool = False,
+    ) -> SelfPaperDDPG:
+        return super().learn(
+            total_timesteps=total_timesteps,
+            callback=callback,
+            log_interval=log_interval,
+            tb_log_name=tb_log_name,
+            reset_num_timesteps=reset_num_timesteps,
+            progress_bar=progress_bar,
+        )
+
+    def _excluded_save_params(self) -> list[str]:
+        return [
+            *super()._excluded_save_params(),
+            "actor",
+            "critic",
+            "actor_target",
+            "critic_target",
+            "_actor_params",
+            "_actor_target_params",
+            "_critic_params",
+            "_critic_target_params",
+            "_actor_buffers",
+            "_actor_target_buffers",
+            "_critic_buffers",
+            "_critic_target_buffers",
+            "_critic_batch_norms",
+        ]
+
+    def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
+        state_dicts = ["policy", "actor.optimizer", "critic.optimizer"]
+        return state_dicts, []

@@ -1,0 +1,175 @@
+"""Ornstein-Uhlenbeck exploration with epsilon decay, as an SB3 ``ActionNoise`` (Lillicrap et al. 2016, sec. 3 and 7)."""
+
+from collections.abc import Iterable
+
+import numpy as np
+from numpy.typing import DTypeLike
+from stable_baselines3.common.noise import VectorizedActionNoise
+
+
+class OrnsteinUhlenbeckNoise(VectorizedActionNoise):
+    """
+    Temporally correlated exploration noise, one Ornstein-Uhlenbeck process per environment, scaled by a linearly
+    decaying epsilon.
+
+    The process follows ``x <- x + theta * (mu - x) * dt + sigma * sqrt(dt) * N(0, I)`` and the noise added to the
+    actor's action (in SB3's normalised [-1, 1] action space) is ``epsilon * x``. Lillicrap et al. 2016, sec. 7:
+    "we used an Ornstein-Uhlenbeck process with theta = 0.15 and sigma = 0.2"; Algorithm 1 re-initialises the process
+    at the start of every episode, so :meth:`reset` (called by SB3 when an episode ends) sets the state back to
+    ``initial_noise``.
+
+    ``dt`` is not given in the paper. The default ``dt=1`` is the per-step process of the reference implementation
+    (rllab) and of most DDPG code of the paper's era: stationary std ``sigma / sqrt(2 * theta - theta**2 * dt)`` ~ 0.38
+    and a correlation time of ~7 steps. SB3's own ``OrnsteinUhlenbeckActionNoise`` defaults to ``dt=0.01``, which
+    gives a std of only ~0.06 after 10 steps and a correlation time of ~667 steps.
+
+    Epsilon decays linearly from ``max_epsilon`` to ``min_epsilon`` over ``epsilon_decay_steps`` environment steps
+    and stays at ``min_epsilon`` afterwards; ``epsilon_decay_steps=0`` (the default) keeps epsilon at ``max_epsilon``
+    = 1, which is the paper. The decay counts every environment step once (``n_envs`` per call) and is never reset:
+    it continues across ``learn()`` calls and is saved with the model. (The reference notebook's
+    ``max(min_eps, max_eps - step / max_steps)`` reaches ``min_eps`` after ``(max_eps - min_eps) * max_steps`` steps,
+    not ``max_steps``; this class decays over exactly ``epsilon_decay_steps``.)
+
+    The class is a ``VectorizedActionNoise`` so that SB3 does not deep-copy it per environment (each copy would count
+    its own steps); it holds one process state per environment itself and :meth:`set_n_envs` resizes it.
+
+    :param action_dim: size of the action
+    :param mean: mean ``mu`` of the process (scalar or per action dimension)
+    :param sigma: volatility ``sigma`` (scalar or per action dimension)
+    :param theta: rate of mean reversion
+    :param dt: time step of the discretised process
+    :param initial_noise: state at the start of every episode (``None``: the mean)
+    :param min_epsilon: final value of epsilon
+    :param max_epsilon: initial value of epsilon
+    :param epsilon_decay_steps: number of environment steps over which epsilon goes from max to min (0: no decay)
+    :param n_envs: number of parallel environments (resized automatically by ``PaperDDPG``)
+    :param seed: seed of the noise's own random generator (``PaperDDPG`` seeds it with the algorithm's seed)
+    :param dtype: type of the output noise
+    """
+
+    def __init__(
+        self,
+        action_dim: int,
+        mean: float | np.ndarray = 0.0,
+        sigma: float | np.ndarray = 0.2,
+        theta: float = 0.15,
+        dt: float = 1.0,
+        initial_noise: float | np.ndarray | None = None,
+        min_epsilon: float = 1.0,
+        max_epsilon: float = 1.0,
+        epsilon_decay_steps: int = 0,
+        n_envs: int = 1,
+        seed: int | None = None,
+        dtype: DTypeLike = np.float32,
+    ) -> None:
+        # Deliberately not calling VectorizedActionNoise.__init__: there are no per-env copies to make.
+        if int(action_dim) != action_dim or action_dim < 1:
+            raise ValueError(f"action_dim must be a positive integer, got {action_dim!r}.")
+        self._mu = np.broadcast_to(np.asarray(mean, dtype=np.float64), (action_dim,)).copy()
+        self._sigma = np.broadcast_to(np.asarray(sigma, dtype=np.float64), (action_dim,)).copy()
+        if np.any(self._sigma < 0):
+            raise ValueError(f"sigma must be >= 0, got {sigma!r}.")
+        if not theta >= 0:
+            raise ValueError(f"theta must be >= 0, got {theta!r}.")
+        if not dt > 0:
+            raise ValueError(f"dt must be > 0, got {dt!r}.")
+        if not 0 <= min_epsilon <= max_epsilon:
+            raise ValueError(
+                f"Expected 0 <= min_epsilon <= max_epsilon, got min_epsilon={min_epsilon!r}, max_epsilon={max_epsilon!r}."
+            )
+        if int(epsilon_decay_steps) != epsilon_decay_steps or epsilon_decay_steps < 0:
+            raise ValueError(f"epsilon_decay_steps must be an integer >= 0 (0: no decay), got {epsilon_decay_steps!r}.")
+        self.action_dim = int(action_dim)
+        self._theta = float(theta)
+        self._dt = float(dt)
+        self._initial = (
+            self._mu.copy()
+            if initial_noise is None
+            else np.broadcast_to(np.asarray(initial_noise, dtype=np.float64), (action_dim,)).copy()
+        )
+        self.min_epsilon = float(min_epsilon)
+        self.max_epsilon = float(max_epsilon)
+        self.epsilon_decay_steps = int(epsilon_decay_steps)
+        self._dtype = dtype
+        self.num_steps = 0  # environment steps seen so far: drives the epsilon schedule
+        self._rng = np.random.default_rng(seed)
+        self.n_envs = int(n_envs)
+        self.state = np.tile(self._initial, (self.n_envs, 1))
+        self.last_noise = np.zeros_like(self.state, dtype=dtype)
+
+    # --- parameters, read-only ---
+    @property
+    def mean(self) -> np.ndarray:
+        return self._mu.copy()
+
+    @property
+    def sigma(self) -> np.ndarray:
+        return self._sigma.copy()
+
+    @property
+    def theta(self) -> float:
+        return self._theta
+
+    @property
+    def dt(self) -> float:
+        return self._dt
+
+    @property
+    def epsilon(self) -> float:
+        """Current epsilon: linear from ``max_epsilon`` to ``min_epsilon`` over ``epsilon_decay_steps`` env steps."""
+        if self.epsilon_decay_steps == 0:
+            return self.max_epsilon
+        fraction = min(1.0, self.num_steps / self.epsilon_decay_steps)
+        return self.max_epsilon + fraction * (self.min_epsilon - self.max_epsilon)
+
+    def stationary_std(self) -> np.ndarray:
+        """Standard deviation of the discretised process at stationarity (before epsilon scaling)."""
+        return self._sigma * np.sqrt(self._dt / (2 * self._theta * self._dt - (self._theta * self._dt) ** 2))
+
+    # --- ActionNoise interface ---
+    def __call__(self) -> np.ndarray:
+        epsilon = self.epsilon
+        gaussian = self._rng.standard_normal(self.state.shape)
+        self.state += self._theta * (self._mu - self.state) * self._dt + self._sigma * np.sqrt(self._dt) * gaussian
+        self.num_steps += self.n_envs
+        self.last_noise = (epsilon * self.state).astype(self._dtype)
+        # One env: return shape (action_dim,) like SB3's single-env noises; several: (n_envs, action_dim)
+        return self.last_noise[0] if self.n_envs == 1 else self.last_noise
+
+    def reset(self, indices: Iterable[int] | None = None) -> None:
+        """
+        Set the process state back to ``initial_noise`` for all envs, or for those in ``indices`` (an episode ended).
+        Epsilon is NOT reset: SB3 calls ``reset()`` at the start of every ``learn()`` too.
+        """
+        if indices is None:
+            self.state[:] = self._initial
+        else:
+            self.state[list(indices)] = self._initial
+
+    def set_n_envs(self, n_envs: int) -> None:
+        """Resize to ``n_envs`` processes (all reset), keeping the epsilon schedule."""
+        if int(n_envs) != n_envs or n_envs < 1:
+            raise ValueError(f"n_envs must be a positive integer, got {n_envs!r}.")
+        self.n_envs = int(n_envs)
+        self.state = np.tile(self._initial, (self.n_envs, 1))
+        self.last_noise = np.zeros_like(self.state, dtype=self._dtype)
+
+    def seed(self, seed: int | None) -> None:
+        """Re-seed the noise's own random generator."""
+        self._rng = np.random.default_rng(seed)
+
+    # VectorizedActionNoise exposes these; this class has no per-env copies
+    @property  # type: ignore[override]
+    def noises(self) -> list:
+        return [self]
+
+    @property  # type: ignore[override]
+    def base_noise(self) -> "OrnsteinUhlenbeckNoise":
+        return self
+
+    def __repr__(self) -> str:
+        return (
+            f"OrnsteinUhlenbeckNoise(mu={self._mu}, sigma={self._sigma}, theta={self._theta}, dt={self._dt}, "
+            f"epsilon={self.epsilon:.4g} [{self.max_epsilon} -> {self.min_epsilon} over {self.epsilon_decay_steps} steps], "
+            f"n_envs={self.n_envs})"
+        )
