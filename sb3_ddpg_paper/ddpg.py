@@ -176,7 +176,7 @@ class PaperDDPG(OffPolicyAlgorithm):
             replay_buffer_kwargs=replay_buffer_kwargs,
             optimize_memory_usage=optimize_memory_usage,
             n_steps=n_steps,
-            policy_kwargs=policy_kwargs,
+            policy_kwargs=dict(policy_kwargs or {}),  # a copy: critic_weight_decay is added to it below
             stats_window_size=stats_window_size,
             tensorboard_log=tensorboard_log,
             verbose=verbose,
@@ -379,10 +379,12 @@ class PaperDDPG(OffPolicyAlgorithm):
             with th.no_grad():
                 if self._n_updates % critic_interval == 0:
                     th._foreach_lerp_(self._critic_target_params, self._critic_params, self.tau)
-                    th._foreach_copy_(self._critic_target_buffers, self._critic_buffers)
+                    if self._critic_buffers:
+                        th._foreach_copy_(self._critic_target_buffers, self._critic_buffers)
                 if self._n_updates % actor_interval == 0:
                     th._foreach_lerp_(self._actor_target_params, self._actor_params, self.tau)
-                    th._foreach_copy_(self._actor_target_buffers, self._actor_buffers)
+                    if self._actor_buffers:
+                        th._foreach_copy_(self._actor_target_buffers, self._actor_buffers)
 
             critic_losses.append(critic_loss.detach())
             actor_losses.append(actor_loss.detach())
