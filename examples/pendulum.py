@@ -1,6 +1,6 @@
 """Train PaperDDPG with the paper's defaults on Pendulum-v1 and print the evaluation return (no exploration noise).
 
-    python examples/pendulum.py [--steps 20000] [--seed 0]
+python examples/pendulum.py [--steps 20000] [--seed 0]
 """
 
 import argparse

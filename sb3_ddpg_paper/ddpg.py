@@ -56,7 +56,6 @@ class PaperDDPG(OffPolicyAlgorithm):
     :param env: The environment to learn from (if registered in Gym, can be str)
     :param learning_rate: learning rate of the actor's Adam optimizer (paper: 1e-4);
         it can be a function of the current progress remaining (from 1 to 0)
-    :param qf_learning_rate: learning rate of the critic's Adam optimizer (paper: 1e-3); a number or a schedule
     :param buffer_size: size of the replay buffer
     :param learning_starts: how many steps of the model to collect transitions for before learning starts
         (the paper does not say; during these steps actions are uniformly random)
@@ -71,8 +70,6 @@ class PaperDDPG(OffPolicyAlgorithm):
     :param action_noise: the exploration noise. Default ``"ornstein-uhlenbeck"``: the paper's OU process
         (:class:`~sb3_ddpg_paper.noise.OrnsteinUhlenbeckNoise`, configured by ``action_noise_kwargs``).
         Any SB3 ``ActionNoise`` is accepted; ``None`` means no noise, as in SB3.
-    :param action_noise_kwargs: keyword arguments of ``OrnsteinUhlenbeckNoise`` when ``action_noise`` is
-        ``"ornstein-uhlenbeck"`` (e.g. ``dict(sigma=0.3, dt=1.0, min_epsilon=0.1, epsilon_decay_steps=50_000)``)
     :param replay_buffer_class: Replay buffer class to use (for instance ``HerReplayBuffer``).
         If ``None``, it will be automatically selected.
     :param replay_buffer_kwargs: Keyword arguments to pass to the replay buffer on creation.
@@ -81,13 +78,6 @@ class PaperDDPG(OffPolicyAlgorithm):
         See https://github.com/DLR-RM/stable-baselines3/issues/37#issuecomment-637501195
     :param n_steps: When n_step > 1, uses n-step return (with the NStepReplayBuffer) when updating the Q-value network.
         The paper uses 1-step targets.
-    :param critic_weight_decay: L2 weight decay of the critic (paper: 1e-2; the actor has none). Its scope is the
-        policy's ``weight_decay_scope``.
-    :param target_update_interval: soft-update the target networks every ``target_update_interval`` gradient steps
-    :param actor_target_update_interval: the same for the target actor only (``None``: ``target_update_interval``)
-    :param critic_target_update_interval: the same for the target critic only (``None``: ``target_update_interval``)
-    :param stats_window_size: Window size for the rollout logging, specifying the number of episodes to average
-        the reported success rate, mean episode length, and mean reward over
     :param tensorboard_log: the log location for tensorboard (if None, no logging)
     :param policy_kwargs: additional arguments to be passed to the policy on creation. See
         :class:`~sb3_ddpg_paper.policies.PaperDDPGPolicy`
@@ -96,6 +86,16 @@ class PaperDDPG(OffPolicyAlgorithm):
     :param seed: Seed for the pseudo random generators (the exploration noise included)
     :param device: Device (cpu, cuda, ...) on which the code should be run.
         Setting it to auto, the code will be run on the GPU if possible.
+    :param qf_learning_rate: learning rate of the critic's Adam optimizer (paper: 1e-3); a number or a schedule
+    :param action_noise_kwargs: keyword arguments of ``OrnsteinUhlenbeckNoise`` when ``action_noise`` is
+        ``"ornstein-uhlenbeck"`` (e.g. ``dict(sigma=0.3, dt=1.0, min_epsilon=0.1, epsilon_decay_steps=50_000)``)
+    :param critic_weight_decay: L2 weight decay of the critic (paper: 1e-2; the actor has none). Its scope is the
+        policy's ``weight_decay_scope``.
+    :param target_update_interval: soft-update the target networks every ``target_update_interval`` gradient steps
+    :param actor_target_update_interval: the same for the target actor only (``None``: ``target_update_interval``)
+    :param critic_target_update_interval: the same for the target critic only (``None``: ``target_update_interval``)
+    :param stats_window_size: Window size for the rollout logging, specifying the number of episodes to average
+        the reported success rate, mean episode length, and mean reward over
     :param _init_setup_model: Whether or not to build the network at the creation of the instance
     """
 
@@ -115,7 +115,6 @@ class PaperDDPG(OffPolicyAlgorithm):
         policy: str | type[PaperDDPGPolicy] | None = None,
         env: GymEnv | str | None = None,
         learning_rate: float | Schedule = 1e-4,
-        qf_learning_rate: float | Schedule = 1e-3,
         buffer_size: int = 1_000_000,  # 1e6
         learning_starts: int = 1000,
         batch_size: int = 64,
@@ -124,21 +123,24 @@ class PaperDDPG(OffPolicyAlgorithm):
         train_freq: int | tuple[int, str] = 1,
         gradient_steps: int = 1,
         action_noise: ActionNoise | str | None = OU_NOISE,
-        action_noise_kwargs: dict[str, Any] | None = None,
         replay_buffer_class: type[ReplayBuffer] | None = None,
         replay_buffer_kwargs: dict[str, Any] | None = None,
         optimize_memory_usage: bool = False,
         n_steps: int = 1,
-        critic_weight_decay: float = 1e-2,
-        target_update_interval: int = 1,
-        actor_target_update_interval: int | None = None,
-        critic_target_update_interval: int | None = None,
-        stats_window_size: int = 100,
         tensorboard_log: str | None = None,
         policy_kwargs: dict[str, Any] | None = None,
         verbose: int = 0,
         seed: int | None = None,
         device: th.device | str = "auto",
+        # Beyond SB3's DDPG (keyword-only, so that SB3 DDPG calls with positional arguments keep their meaning)
+        *,
+        qf_learning_rate: float | Schedule = 1e-3,
+        critic_weight_decay: float = 1e-2,
+        action_noise_kwargs: dict[str, Any] | None = None,
+        target_update_interval: int = 1,
+        actor_target_update_interval: int | None = None,
+        critic_target_update_interval: int | None = None,
+        stats_window_size: int = 100,
         _init_setup_model: bool = True,
     ):
         policy, env = self._resolve_policy_and_env(policy, env)
@@ -244,7 +246,9 @@ class PaperDDPG(OffPolicyAlgorithm):
             if hp[name] is not None:
                 _check_int(name, hp[name], 1)
         if isinstance(hp["gradient_steps"], bool) or not isinstance(hp["gradient_steps"], int) or hp["gradient_steps"] < -1:
-            raise ValueError(f"gradient_steps must be an integer >= -1 (-1: as many as env steps), got {hp['gradient_steps']!r}.")
+            raise ValueError(
+                f"gradient_steps must be an integer >= -1 (-1: as many as env steps), got {hp['gradient_steps']!r}."
+            )
         if not isinstance(hp["tau"], int | float) or not 0 < hp["tau"] <= 1:
             raise ValueError(f"tau must be in (0, 1] (1: hard copy, i.e. no target networks), got {hp['tau']!r}.")
         if not isinstance(hp["gamma"], int | float) or not 0 <= hp["gamma"] <= 1:
@@ -275,8 +279,8 @@ class PaperDDPG(OffPolicyAlgorithm):
             )
         if not (np.all(np.isfinite(action_space.low)) and np.all(np.isfinite(action_space.high))):
             raise ValueError(
-                f"PaperDDPG needs finite action bounds (the actor's tanh output is rescaled to [low, high]); got {action_space}. "
-                "Wrap the environment so that its action space has finite low and high bounds."
+                f"PaperDDPG needs finite action bounds (the actor's tanh output is rescaled to [low, high]); "
+                f"got {action_space}. Wrap the environment so that its action space has finite low and high bounds."
             )
 
     # ------------------------------------------------------------------ SB3 hooks

@@ -64,6 +64,15 @@ def test_paper_defaults():
 
 def test_constructor_forms():
     assert PaperDDPG("MlpPolicy", "Pendulum-v1").policy_class is MlpPolicy
+    # SB3 DDPG's positional order is kept: (policy, env, learning_rate, buffer_size, learning_starts, batch_size, tau, ...)
+    model = PaperDDPG("MlpPolicy", "Pendulum-v1", 1e-3, 5000, 100, 32, 0.005)
+    assert (model.learning_rate, model.buffer_size, model.learning_starts, model.batch_size, model.tau) == (
+        1e-3,
+        5000,
+        100,
+        32,
+        0.005,
+    )
     vec_env = make_vec_env("Pendulum-v1", n_envs=2)
     model = PaperDDPG(env=vec_env)
     assert model.policy_class is MlpPolicy and model.n_envs == 2
@@ -171,7 +180,10 @@ def test_one_train_step_against_hand_computation(batch_norm):
 
     # Critic: y = r + gamma (1 - d) Q'(s', mu'(s')) with the TARGET networks (batch statistics of s')
     with th.no_grad():
-        y = batch.rewards + 0.99 * (1 - batch.dones) * critic_target(batch.next_observations, actor_target(batch.next_observations))[0]
+        y = (
+            batch.rewards
+            + 0.99 * (1 - batch.dones) * critic_target(batch.next_observations, actor_target(batch.next_observations))[0]
+        )
     critic.train()
     q = critic(batch.observations, batch.actions)[0]
     critic_loss = ((q - y) ** 2).mean()
@@ -194,7 +206,10 @@ def test_one_train_step_against_hand_computation(batch_norm):
         for p, p_ref in zip(online.parameters(), reference.parameters(), strict=True):
             th.testing.assert_close(p, p_ref, rtol=1e-5, atol=1e-6)
     # Soft updates: theta' <- tau theta + (1 - tau) theta'; batch-norm running statistics copied
-    for target_model, target_ref, online in ((model.actor_target, actor_target, actor), (model.critic_target, critic_target, critic)):
+    for target_model, target_ref, online in (
+        (model.actor_target, actor_target, actor),
+        (model.critic_target, critic_target, critic),
+    ):
         for p, p_old, p_new in zip(target_model.parameters(), target_ref.parameters(), online.parameters(), strict=True):
             th.testing.assert_close(p, 0.1 * p_new + 0.9 * p_old, rtol=1e-5, atol=1e-6)
         for b, b_online in zip(target_model.buffers(), online.buffers(), strict=True):
@@ -242,12 +257,12 @@ def test_separate_target_update_intervals():
     actor_target = [p.clone() for p in model.actor_target.parameters()]
     critic_target = [p.clone() for p in model.critic_target.parameters()]
     model.train(gradient_steps=1, batch_size=16)
-    assert all(th.equal(a, b) for a, b in zip(actor_target, model.actor_target.parameters()))
+    assert all(th.equal(a, b) for a, b in zip(actor_target, model.actor_target.parameters(), strict=False))
     model.train(gradient_steps=1, batch_size=16)  # update 2: actor target moves, critic target not yet
-    assert not all(th.equal(a, b) for a, b in zip(actor_target, model.actor_target.parameters()))
-    assert all(th.equal(a, b) for a, b in zip(critic_target, model.critic_target.parameters()))
+    assert not all(th.equal(a, b) for a, b in zip(actor_target, model.actor_target.parameters(), strict=False))
+    assert all(th.equal(a, b) for a, b in zip(critic_target, model.critic_target.parameters(), strict=False))
     model.train(gradient_steps=1, batch_size=16)
-    assert not all(th.equal(a, b) for a, b in zip(critic_target, model.critic_target.parameters()))
+    assert not all(th.equal(a, b) for a, b in zip(critic_target, model.critic_target.parameters(), strict=False))
 
 
 def test_learning_rate_schedules_reach_their_optimizers():
@@ -266,12 +281,24 @@ def test_learning_rate_schedules_reach_their_optimizers():
 
 def test_logged_keys():
     writer = RecordingWriter()
-    model = PaperDDPG("Pendulum-v1", policy_kwargs=SMALL, learning_starts=50, action_noise_kwargs=dict(epsilon_decay_steps=1000, min_epsilon=0.0))
+    model = PaperDDPG(
+        "Pendulum-v1",
+        policy_kwargs=SMALL,
+        learning_starts=50,
+        action_noise_kwargs=dict(epsilon_decay_steps=1000, min_epsilon=0.0),
+    )
     model.set_logger(Logger(folder=None, output_formats=[writer]))
     model.learn(400, log_interval=1)
     keys = set().union(*writer.records)
-    for key in ("train/actor_loss", "train/critic_loss", "train/learning_rate", "train/qf_learning_rate",
-                "train/n_updates", "train/q_mean", "rollout/exploration_epsilon"):
+    for key in (
+        "train/actor_loss",
+        "train/critic_loss",
+        "train/learning_rate",
+        "train/qf_learning_rate",
+        "train/n_updates",
+        "train/q_mean",
+        "rollout/exploration_epsilon",
+    ):
         assert key in keys, key
     epsilons = [r["rollout/exploration_epsilon"] for r in writer.records]
     assert epsilons == [pytest.approx(0.8), pytest.approx(0.6)]  # after 200 and 400 env steps
@@ -280,7 +307,10 @@ def test_logged_keys():
 # ----------------------------------------------------------------------------- exploration
 def test_epsilon_continues_across_learn_calls_and_save_load(tmp_path):
     model = PaperDDPG(
-        "Pendulum-v1", policy_kwargs=SMALL, learning_starts=50, action_noise_kwargs=dict(min_epsilon=0.1, epsilon_decay_steps=1000)
+        "Pendulum-v1",
+        policy_kwargs=SMALL,
+        learning_starts=50,
+        action_noise_kwargs=dict(min_epsilon=0.1, epsilon_decay_steps=1000),
     )
     model.learn(200)
     assert model.action_noise.num_steps == 200 and model.action_noise.epsilon == pytest.approx(0.82)
@@ -325,8 +355,12 @@ def test_load_with_a_different_number_of_envs(tmp_path):
     loaded = PaperDDPG.load(tmp_path / "model.zip", env=four)
     loaded.learn(80, reset_num_timesteps=False)  # SB3's own noise wrapper crashes here
     assert loaded.action_noise.n_envs == 4 and loaded.action_noise.num_steps == 60 + 80
-    sb3_noise = PaperDDPG(env=make_vec_env("Pendulum-v1", n_envs=2), action_noise=NormalActionNoise(np.zeros(1), np.ones(1)),
-                          policy_kwargs=SMALL, learning_starts=20)
+    sb3_noise = PaperDDPG(
+        env=make_vec_env("Pendulum-v1", n_envs=2),
+        action_noise=NormalActionNoise(np.zeros(1), np.ones(1)),
+        policy_kwargs=SMALL,
+        learning_starts=20,
+    )
     sb3_noise.learn(40)
     sb3_noise.save(tmp_path / "sb3_noise.zip")
     PaperDDPG.load(tmp_path / "sb3_noise.zip", env=four).learn(40)
@@ -350,7 +384,7 @@ def test_save_load_round_trip(tmp_path):
     np.testing.assert_array_equal(loaded.action_noise.state, model.action_noise.state)
     obs = np.array([[0.3, 0.2, -1.0]], dtype=np.float32)
     np.testing.assert_array_equal(model.predict(obs)[0], loaded.predict(obs)[0])
-    assert not loaded.actor_target.mu[0].training is False  # targets keep their batch-statistics mode after load
+    assert loaded.actor_target.mu[0].training is not False  # targets keep their batch-statistics mode after load
 
 
 def test_get_set_parameters():
@@ -378,8 +412,13 @@ def test_replay_buffer_save_load(tmp_path):
 def test_callbacks(tmp_path):
     eval_env = make_vec_env("Pendulum-v1", n_envs=1)
     callbacks = [
-        EvalCallback(eval_env, eval_freq=100, n_eval_episodes=2, best_model_save_path=str(tmp_path / "best"),
-                     log_path=str(tmp_path / "eval")),
+        EvalCallback(
+            eval_env,
+            eval_freq=100,
+            n_eval_episodes=2,
+            best_model_save_path=str(tmp_path / "best"),
+            log_path=str(tmp_path / "eval"),
+        ),
         CheckpointCallback(save_freq=100, save_path=str(tmp_path / "ckpt"), save_replay_buffer=True),
     ]
     model = PaperDDPG("Pendulum-v1", policy_kwargs=SMALL, learning_starts=50, buffer_size=1000)
@@ -394,9 +433,13 @@ def test_callbacks(tmp_path):
 def test_her_with_multi_input_policy():
     env = BitFlippingEnv(n_bits=4, continuous=True, max_steps=4)
     model = PaperDDPG(
-        "MultiInputPolicy", env, replay_buffer_class=HerReplayBuffer,
+        "MultiInputPolicy",
+        env,
+        replay_buffer_class=HerReplayBuffer,
         replay_buffer_kwargs=dict(n_sampled_goal=2, goal_selection_strategy="future"),
-        policy_kwargs=SMALL, learning_starts=40, buffer_size=1000,
+        policy_kwargs=SMALL,
+        learning_starts=40,
+        buffer_size=1000,
     )
     model.learn(120)
     assert isinstance(model.replay_buffer, HerReplayBuffer) and model._n_updates > 0

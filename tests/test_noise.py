@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from sb3_ddpg_paper import OrnsteinUhlenbeckNoise
+import itertools
 
 
 @pytest.mark.parametrize("dt", [1.0, 0.1])
@@ -36,7 +37,7 @@ def test_epsilon_decays_linearly_over_the_stated_steps():
     assert epsilons[50] == pytest.approx(0.6)
     assert epsilons[100] == pytest.approx(0.2)  # reached after exactly epsilon_decay_steps steps
     assert epsilons[149] == pytest.approx(0.2)
-    assert all(a >= b for a, b in zip(epsilons, epsilons[1:]))
+    assert all(a >= b for a, b in itertools.pairwise(epsilons))
 
 
 def test_noise_is_epsilon_times_state():

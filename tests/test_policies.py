@@ -46,7 +46,9 @@ def test_critic_action_enters_at_second_hidden_layer():
         np.testing.assert_allclose(policy.critic(obs, act)[0].numpy(), expected.numpy(), rtol=1e-6)
 
 
-@pytest.mark.parametrize("action_layer, expected", [(0, [(4, 400), (400, 300), (300, 1)]), (2, [(3, 400), (400, 300), (301, 1)])])
+@pytest.mark.parametrize(
+    "action_layer, expected", [(0, [(4, 400), (400, 300), (300, 1)]), (2, [(3, 400), (400, 300), (301, 1)])]
+)
 def test_action_layer_is_configurable(action_layer, expected):
     policy = make_policy(action_layer=action_layer)
     assert [(m.in_features, m.out_features) for m in linears(policy.critic.q_networks[0])] == expected
@@ -177,7 +179,7 @@ def test_policy_save_load_with_non_default_kwargs(tmp_path):
     assert params["critic_weight_decay"] == 1e-2
     obs = np.array([[0.1, -0.2, 0.3]], dtype=np.float32)
     np.testing.assert_array_equal(model.policy.predict(obs)[0], loaded.predict(obs)[0])
-    for (k1, v1), (k2, v2) in zip(model.policy.state_dict().items(), loaded.state_dict().items()):
+    for (k1, v1), (k2, v2) in zip(model.policy.state_dict().items(), loaded.state_dict().items(), strict=False):
         assert k1 == k2
         th.testing.assert_close(v1, v2)
 
@@ -185,9 +187,15 @@ def test_policy_save_load_with_non_default_kwargs(tmp_path):
 @pytest.mark.parametrize("algo", [DDPG, TD3])
 def test_sb3_algorithms_can_train_with_this_policy(algo):
     n_critics = 1 if algo is DDPG else 2
-    model = algo(PaperDDPGPolicy, "Pendulum-v1", policy_kwargs=dict(net_arch=[32, 32], n_critics=n_critics),
-                 learning_starts=50, batch_size=16, seed=0)
+    model = algo(
+        PaperDDPGPolicy,
+        "Pendulum-v1",
+        policy_kwargs=dict(net_arch=[32, 32], n_critics=n_critics),
+        learning_starts=50,
+        batch_size=16,
+        seed=0,
+    )
     before = [p.clone() for p in model.actor.parameters()]
     model.learn(120)
     assert model.critic.n_critics == n_critics
-    assert any(not th.equal(a, b) for a, b in zip(before, model.actor.parameters()))
+    assert any(not th.equal(a, b) for a, b in zip(before, model.actor.parameters(), strict=False))
