@@ -301,10 +301,10 @@ class PaperDDPG(OffPolicyAlgorithm):
         self.critic = self.policy.critic
         self.critic_target = self.policy.critic_target
         # Flat tensor lists for the soft updates (parameters) and the batch-norm statistics copies (buffers)
-        self._actor_params = list(self.actor.parameters())
-        self._actor_target_params = list(self.actor_target.parameters())
-        self._critic_params = list(self.critic.parameters())
-        self._critic_target_params = list(self.critic_target.parameters())
+        self._actor_params: list[th.Tensor] = list(self.actor.parameters())
+        self._actor_target_params: list[th.Tensor] = list(self.actor_target.parameters())
+        self._critic_params: list[th.Tensor] = list(self.critic.parameters())
+        self._critic_target_params: list[th.Tensor] = list(self.critic_target.parameters())
         self._actor_buffers = list(self.actor.buffers())
         self._actor_target_buffers = list(self.actor_target.buffers())
         self._critic_buffers = list(self.critic.buffers())

@@ -158,15 +158,6 @@ class OrnsteinUhlenbeckNoise(VectorizedActionNoise):
         """Re-seed the noise's own random generator."""
         self._rng = np.random.default_rng(seed)
 
-    # VectorizedActionNoise exposes these; this class has no per-env copies
-    @property  # type: ignore[override]
-    def noises(self) -> list:
-        return [self]
-
-    @property  # type: ignore[override]
-    def base_noise(self) -> "OrnsteinUhlenbeckNoise":
-        return self
-
     def __repr__(self) -> str:
         return (
             f"OrnsteinUhlenbeckNoise(mu={self._mu}, sigma={self._sigma}, theta={self._theta}, dt={self._dt}, "
