@@ -185,7 +185,7 @@ class PaperDDPG(OffPolicyAlgorithm):
             device=device,
             seed=seed,
             sde_support=False,
-            supported_action_spaces=None,  # checked below, with a clearer message than SB3's assertion
+            supported_action_spaces=None,  # checked in _resolve_policy_and_env, with a clearer message than SB3
             support_multi_env=True,
         )
         self.action_noise = action_noise  # type: ignore[assignment]
