@@ -1,0 +1,124 @@
+"""The learning-curve matrix machinery (benchmarks/returns.py) on a tiny matrix: CSV schema, resume, plots, tables."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+import returns  # noqa: E402
+
+TINY = dict(configs=["paper", "sb3-ddpg"], envs=["Pendulum-v1"], seeds=[0, 1], steps=400, eval_freq=200, n_eval_episodes=1)
+
+
+def _cli(out: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        str(BENCHMARKS / "returns.py"),
+        "run",
+        "--out",
+        str(out),
+        "--configs",
+        "paper,sb3-ddpg",
+        "--envs",
+        "Pendulum-v1",
+        "--seeds",
+        "0,1",
+        "--steps",
+        "400",
+        "--eval-freq",
+        "200",
+        "--eval-episodes",
+        "1",
+        *extra,
+    ]
+
+
+def test_plan_of_the_default_matrix():
+    runs = returns.plan()
+    keys = {(r.config, r.env) for r in runs}
+    for env in returns.ENVS:
+        assert {(c, env) for c in returns.MAIN_CONFIGS} <= keys
+    assert ("paper-no-bn", "HalfCheetah-v5") in keys and ("paper-no-target", "Hopper-v5") not in keys
+    assert sum(r.env == "Pendulum-v1" and r.config == "paper" for r in runs) == 5
+    assert sum(r.env == "Hopper-v5" and r.config == "sb3-td3" for r in runs) == 3
+    with pytest.raises(ValueError, match="Unknown config 'nope'"):
+        returns.plan(configs=["nope"])
+
+
+def test_tiny_matrix_csv_resume_and_report(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # Interrupt the matrix once its first run is in the CSV (one process at a time, so the others are unfinished)
+    proc = subprocess.Popen([*_cli(tmp_path, "--jobs", "1", "--no-report")], env=env, stdout=subprocess.PIPE, text=True)
+    csv_path = tmp_path / "returns.csv"
+    deadline = time.monotonic() + 240
+    while not csv_path.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert csv_path.exists(), "the first run never reached the CSV"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    first = returns.read_rows(csv_path)
+    done_before = returns.completed(first)
+    assert 1 <= len(done_before) < 4
+
+    # CSV schema: the columns, one row per evaluation (step 0 included), budget reached
+    with open(csv_path, newline="") as file:
+        assert next(csv.reader(file)) == returns.FIELDS
+    for key in done_before:
+        steps = [r["step"] for r in first if (r["config"], r["env"], r["seed"]) == key]
+        assert steps == [0, 200, 400]
+
+    # Resume: the finished runs are not redone (their rows, wall times included, are unchanged), the rest is run
+    result = subprocess.run(_cli(tmp_path, "--jobs", "2"), env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"{len(done_before)} already done, {4 - len(done_before)} to run" in result.stdout
+    rows = returns.read_rows(csv_path)
+    assert returns.completed(rows) == {(c, "Pendulum-v1", s) for c in ("paper", "sb3-ddpg") for s in (0, 1)}
+    assert len(rows) == 4 * 3
+    assert [r for r in rows if (r["config"], r["env"], r["seed"]) in done_before] == first
+    assert all(r["train_seconds"] > 0 for r in rows if r["step"] > 0)
+    assert not list(tmp_path.glob(".returns.csv.*.tmp"))
+
+    # Plots and tables, regenerated from the CSV alone
+    (tmp_path / "curve-Pendulum-v1.png").unlink()
+    (tmp_path / "tables.md").unlink()
+    written = returns.write_report(csv_path, tmp_path)
+    assert (tmp_path / "curve-Pendulum-v1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = (tmp_path / "tables.md").read_text()
+    assert tmp_path / "tables.md" in written
+    assert "### Pendulum-v1 (400 steps)" in table
+    for config in ("paper", "sb3-ddpg"):
+        line = next(line for line in table.splitlines() if line.startswith(f"| {config} |"))
+        cell = returns.summarise(rows)[("Pendulum-v1", config)]
+        assert f"| 2 | {cell['final_mean']:.1f} +- {cell['final_std']:.1f} |" in line
+
+
+def test_summary_numbers():
+    rows = []
+    for seed, values in ((0, [-1000.0, -500.0, -100.0]), (1, [-1000.0, -700.0, -300.0])):
+        for step, value in zip((0, 50, 100), values, strict=True):
+            rows.append(
+                dict(
+                    config="paper",
+                    env="X-v0",
+                    seed=seed,
+                    budget=100,
+                    step=step,
+                    eval_mean=value,
+                    eval_std=0.0,
+                    train_seconds=step / 10,
+                )
+            )
+    rows.append(dict(config="paper", env="X-v0", seed=2, budget=100, step=0, eval_mean=0.0, eval_std=0.0, train_seconds=0.0))
+    cell = returns.summarise(rows)[("X-v0", "paper")]
+    assert cell["seeds"] == [0, 1]  # the unfinished seed 2 is left out
+    assert cell["final_mean"] == pytest.approx(-200.0) and cell["final_std"] == pytest.approx(100.0)
+    # AUC seed 0: (-750 * 50 + -300 * 50) / 100 = -525; seed 1: (-850 * 50 + -500 * 50) / 100 = -675
+    assert cell["auc_mean"] == pytest.approx(-600.0)
+    assert cell["steps_per_second"] == pytest.approx(10.0)
