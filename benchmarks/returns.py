@@ -246,6 +246,7 @@ def write_rows(csv_path: Path, rows: Iterable[dict[str, Any]]) -> None:
     ordered = sorted(rows, key=lambda r: (r["env"], r["config"], r["seed"], r["step"]))
     fd, tmp = tempfile.mkstemp(dir=csv_path.parent, prefix=f".{csv_path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o644)  # mkstemp creates the file readable by its owner only
         with os.fdopen(fd, "w", newline="") as file:
             writer = csv.DictWriter(file, fieldnames=FIELDS)
             writer.writeheader()
