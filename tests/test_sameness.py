@@ -84,11 +84,12 @@ class ReferenceDDPG:
         # running statistics must not count this batch a second time: save and restore them.
         saved = [b.clone() for b in self.critic.buffers()]
         actor_loss = -self.critic(s, self.actor(s))[0].mean()
-        for buffer, value in zip(self.critic.buffers(), saved, strict=True):
-            buffer.copy_(value)
         self.actor_optimizer.zero_grad()
         actor_loss.backward()
         self.actor_optimizer.step()
+        with th.no_grad():
+            for buffer, value in zip(self.critic.buffers(), saved, strict=True):
+                buffer.copy_(value)
         # theta' <- tau theta + (1 - tau) theta'; batch-norm statistics copied
         with th.no_grad():
             for target, online in ((self.critic_target, self.critic), (self.actor_target, self.actor)):
@@ -99,13 +100,25 @@ class ReferenceDDPG:
         return critic_loss.item(), actor_loss.item()
 
 
-def assert_same_networks(model: PaperDDPG, reference: ReferenceDDPG) -> None:
+# The shift of an input batch norm followed by Linear -> batch norm has a zero gradient: the next batch norm removes
+# any constant shift. Its computed gradient is float rounding noise, which Adam scales up to steps of up to about lr,
+# so two correct implementations that round differently move it differently (and, through it, the running mean of
+# the next batch norm). Those entries are compared to within Adam's step size; every other entry to float precision.
+SHIFT_INVARIANT = {
+    "actor": ("mu.0.bias", "mu.2.running_mean"),
+    "critic": ("qf0.state_net.0.bias", "qf0.state_net.2.running_mean"),
+}
+
+
+def assert_same_networks(model: PaperDDPG, reference: ReferenceDDPG, n_steps: int) -> None:
     for name in ("actor", "critic", "actor_target", "critic_target"):
         ours, theirs = getattr(model, name).state_dict(), getattr(reference, name).state_dict()
         assert ours.keys() == theirs.keys()
         for key in ours:
-            # float32 rounding of fused vs. single-tensor Adam, lerp vs. written-out soft update
-            th.testing.assert_close(ours[key], theirs[key], rtol=1e-4, atol=1e-6, msg=f"{name}.{key} differs")
+            if key in SHIFT_INVARIANT[name.removesuffix("_target")]:
+                th.testing.assert_close(ours[key], theirs[key], rtol=0, atol=n_steps * CRITIC_LR, msg=f"{name}.{key}")
+            else:  # float32 rounding of fused vs. single-tensor Adam, lerp vs. written-out soft update
+                th.testing.assert_close(ours[key], theirs[key], rtol=1e-4, atol=1e-6, msg=f"{name}.{key} differs")
 
 
 @pytest.mark.parametrize("batch_norm", [True, False])
@@ -122,7 +135,7 @@ def test_optimised_train_matches_reference_algorithm_1(batch_norm, action_layer)
     for _ in range(7):
         critic_loss, actor_loss = reference.step(model.replay_buffer.sample(32))
     assert model._n_updates == 7
-    assert_same_networks(model, reference)
+    assert_same_networks(model, reference, n_steps=7)
     assert model.logger.name_to_value["train/critic_loss"] > 0
     # The parameters did move, and the targets lag behind (a test that compares unchanged networks proves nothing)
     first_weight = next(model.actor.parameters())
@@ -142,7 +155,7 @@ def test_optimised_train_matches_reference_after_learning_starts():
         np.random.set_state(state)
         reference.step(model.replay_buffer.sample(model.batch_size))
     assert model._n_updates == 5
-    assert_same_networks(model, reference)
+    assert_same_networks(model, reference, n_steps=5)
 
 
 # ----------------------------------------------------------------------------- lean sampling
@@ -173,7 +186,10 @@ def test_lean_sampling_returns_what_sb3_samples():
 def test_special_buffers_use_their_own_sampling():
     env = make_vec_env("Pendulum-v1", n_envs=1)
     assert not can_sample_fast(PaperDDPG("MlpPolicy", env, n_steps=3).replay_buffer, None)
-    assert not can_sample_fast(PaperDDPG("MlpPolicy", env, optimize_memory_usage=True, buffer_size=1000).replay_buffer, None)
+    memory_efficient = PaperDDPG(
+        "MlpPolicy", env, buffer_size=1000, optimize_memory_usage=True, replay_buffer_kwargs=dict(handle_timeout_termination=False)
+    )
+    assert not can_sample_fast(memory_efficient.replay_buffer, None)
     normalized = VecNormalize(make_vec_env("Pendulum-v1", n_envs=1))
     model = PaperDDPG("MlpPolicy", normalized)
     assert not can_sample_fast(model.replay_buffer, model._vec_normalize_env)
