@@ -40,16 +40,16 @@ from typing import Any
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import gymnasium as gym  # noqa: E402
-import numpy as np  # noqa: E402
-import torch as th  # noqa: E402
-from stable_baselines3 import DDPG  # noqa: E402
-from stable_baselines3.common.callbacks import BaseCallback  # noqa: E402
-from torch import nn  # noqa: E402
-from torch.nn import functional as F  # noqa: E402
+import gymnasium as gym
+import numpy as np
+import torch as th
+from stable_baselines3 import DDPG
+from stable_baselines3.common.callbacks import BaseCallback
+from torch import nn
+from torch.nn import functional as F
 
-import sb3_ddpg_paper  # noqa: E402
-from sb3_ddpg_paper import PaperDDPG  # noqa: E402
+import sb3_ddpg_paper
+from sb3_ddpg_paper import PaperDDPG
 
 NET_ARCH = [400, 300]
 BATCH_SIZE = 64
@@ -260,7 +260,8 @@ class BareDDPG:
                 scaled = 2.0 * (self.env.action_space.sample() - self.low) / (self.high - self.low) - 1.0
             else:
                 scaled = self.act(obs)
-            next_obs, reward, terminated, truncated, _ = self.env.step(self.low + 0.5 * (scaled + 1.0) * (self.high - self.low))
+            env_action = self.low + 0.5 * (scaled + 1.0) * (self.high - self.low)
+            next_obs, reward, terminated, truncated, _ = self.env.step(env_action)
             i = self.size
             self.obs[i], self.next_obs[i], self.actions[i] = obs, next_obs, scaled
             self.rewards[i], self.dones[i] = reward, float(terminated)  # time-limit truncations bootstrap

@@ -396,7 +396,9 @@ class PaperDDPGPolicy(BasePolicy):
         self.actor_target.load_state_dict(self.actor.state_dict())
         # Lillicrap et al. 2016, sec. 7: Adam, no weight decay on the actor
         # make_optimizer: fused Adam unless optimizer_kwargs chooses an implementation (docs/speed.md)
-        self.actor.optimizer = make_optimizer(self.optimizer_class, self.actor.parameters(), lr_schedule(1), self.optimizer_kwargs)
+        self.actor.optimizer = make_optimizer(
+            self.optimizer_class, self.actor.parameters(), lr_schedule(1), self.optimizer_kwargs
+        )
 
         if self.share_features_extractor:
             self.critic = self.make_critic(features_extractor=self.actor.features_extractor)
