@@ -12,11 +12,12 @@ from stable_baselines3.common.noise import ActionNoise, VectorizedActionNoise
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.preprocessing import get_action_dim, is_image_space
-from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
+from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, ReplayBufferSamples, Schedule
 from stable_baselines3.common.utils import FloatSchedule, update_learning_rate
 from stable_baselines3.common.vec_env import VecEnv
 from torch.nn import functional as F
 
+from sb3_ddpg_paper.fast_paths import can_sample_fast, denormals_are_flushed, flushed_denormals, sample_fast
 from sb3_ddpg_paper.noise import OrnsteinUhlenbeckNoise
 from sb3_ddpg_paper.policies import Actor, CnnPolicy, Critic, MlpPolicy, MultiInputPolicy, PaperDDPGPolicy
 from sb3_ddpg_paper.torch_layers import batch_norm_modules, frozen_running_statistics
@@ -96,6 +97,9 @@ class PaperDDPG(OffPolicyAlgorithm):
     :param critic_target_update_interval: the same for the target critic only (``None``: ``target_update_interval``)
     :param stats_window_size: Window size for the rollout logging, specifying the number of episodes to average
         the reported success rate, mean episode length, and mean reward over
+    :param flush_denormal: flush denormal floats to zero during the gradient updates (``torch.set_flush_denormal``,
+        restored on exit): with the critic's weight decay, denormal weights otherwise make updates 3-6 times slower
+        after a few thousand steps (docs/speed.md). Values below 1.2e-38 become 0; nothing else changes.
     :param _init_setup_model: Whether or not to build the network at the creation of the instance
     """
 
@@ -141,6 +145,7 @@ class PaperDDPG(OffPolicyAlgorithm):
         actor_target_update_interval: int | None = None,
         critic_target_update_interval: int | None = None,
         stats_window_size: int = 100,
+        flush_denormal: bool = True,
         _init_setup_model: bool = True,
     ):
         policy, env = self._resolve_policy_and_env(policy, env)
@@ -194,6 +199,7 @@ class PaperDDPG(OffPolicyAlgorithm):
         self.target_update_interval = target_update_interval
         self.actor_target_update_interval = actor_target_update_interval
         self.critic_target_update_interval = critic_target_update_interval
+        self.flush_denormal = flush_denormal
         # The algorithm's critic weight decay is handed to the policy, which builds the optimizers
         self.policy_kwargs["critic_weight_decay"] = critic_weight_decay
 
@@ -332,6 +338,7 @@ class PaperDDPG(OffPolicyAlgorithm):
         elif isinstance(self.action_noise, VectorizedActionNoise) and self.action_noise.n_envs != n_envs:
             # SB3 would keep a wrapper sized for the env count the model was trained with, and crash
             self.action_noise = self.action_noise.base_noise
+        self._flushed_outside = denormals_are_flushed()  # the caller's floating-point mode, restored after updates
         return super()._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar)
 
     def set_env(self, env: GymEnv, force_reset: bool = True) -> None:
@@ -350,55 +357,107 @@ class PaperDDPG(OffPolicyAlgorithm):
         actor_interval = self.actor_target_update_interval or self.target_update_interval
         critic_interval = self.critic_target_update_interval or self.target_update_interval
 
-        actor_losses, critic_losses, q_values = [], [], []
-        for _ in range(gradient_steps):
-            self._n_updates += 1
-            replay_data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
-            # n-step returns: the buffer gives gamma**k for the k steps actually used
-            discounts = replay_data.discounts if replay_data.discounts is not None else self.gamma
+        losses = []
+        with flushed_denormals(self.flush_denormal, self._denormals_flushed_outside()):
+            for _ in range(gradient_steps):
+                self._n_updates += 1
+                replay_data = self._sample_replay(batch_size)
+                # n-step returns: the buffer gives gamma**k for the k steps actually used
+                discounts = replay_data.discounts if replay_data.discounts is not None else self.gamma
 
-            # Critic step. Algorithm 1: y_i = r_i + gamma * Q'(s_{i+1}, mu'(s_{i+1})) from the TARGET networks;
-            # true terminals are masked, time-limit truncations bootstrapped (handled by the replay buffer).
-            with th.no_grad():
-                next_actions = self.actor_target(replay_data.next_observations)
-                next_q_values = self.critic_target.q1_forward(replay_data.next_observations, next_actions)
-                target_q_values = replay_data.rewards + (1 - replay_data.dones) * discounts * next_q_values
-            # Batch norm: the critic normalises with this batch's statistics and updates its running statistics
-            current_q_values = self.critic(replay_data.observations, replay_data.actions)[0]
-            critic_loss = F.mse_loss(current_q_values, target_q_values)
-            self.critic.optimizer.zero_grad()
-            critic_loss.backward()
-            self.critic.optimizer.step()
+                # Critic step. Algorithm 1: y_i = r_i + gamma * Q'(s_{i+1}, mu'(s_{i+1})) from the TARGET networks;
+                # true terminals are masked, time-limit truncations bootstrapped (handled by the replay buffer).
+                with th.no_grad():
+                    next_actions = self.actor_target(replay_data.next_observations)
+                    next_q_values = self.critic_target.q1_forward(replay_data.next_observations, next_actions)
+                    target_q_values = replay_data.rewards + (1 - replay_data.dones) * discounts * next_q_values
+                # Batch norm: the critic normalises with this batch's statistics and updates its running statistics
+                current_q_values = self.critic(replay_data.observations, replay_data.actions)[0]
+                critic_loss = F.mse_loss(current_q_values, target_q_values)
+                self.critic.optimizer.zero_grad()
+                critic_loss.backward()
+                self.critic.optimizer.step()
 
-            # Actor step, with the updated critic. Algorithm 1: grad J ~ mean grad_a Q(s, a)|a=mu(s) grad mu(s),
-            # i.e. minimise -mean Q(s, mu(s)). The critic normalises with the statistics of the same state batch it
-            # has just been trained on, without counting that batch twice in its running statistics.
-            with frozen_running_statistics(self._critic_batch_norms):
-                actor_loss = -self.critic.q1_forward(replay_data.observations, self.actor(replay_data.observations)).mean()
-            self.actor.optimizer.zero_grad()
-            actor_loss.backward()
-            self.actor.optimizer.step()
+                # Actor step, with the updated critic. Algorithm 1: grad J ~ mean grad_a Q(s, a)|a=mu(s) grad mu(s),
+                # i.e. minimise -mean Q(s, mu(s)). The critic normalises with the statistics of the same state batch it
+                # has just been trained on, without counting that batch twice in its running statistics.
+                with frozen_running_statistics(self._critic_batch_norms):
+                    actor_loss = -self.critic.q1_forward(replay_data.observations, self.actor(replay_data.observations)).mean()
+                # The critic is held fixed here: gradients w.r.t. the actor's parameters only (speed, same numbers)
+                actor_grads = th.autograd.grad(actor_loss, self._actor_params)
+                for param, grad in zip(self._actor_params, actor_grads, strict=True):
+                    param.grad = grad
+                self.actor.optimizer.step()
 
-            # Target updates: theta' <- tau * theta + (1 - tau) * theta'; batch-norm statistics are copied
-            with th.no_grad():
-                if self._n_updates % critic_interval == 0:
-                    th._foreach_lerp_(self._critic_target_params, self._critic_params, self.tau)
-                    if self._critic_buffers:
-                        th._foreach_copy_(self._critic_target_buffers, self._critic_buffers)
-                if self._n_updates % actor_interval == 0:
-                    th._foreach_lerp_(self._actor_target_params, self._actor_params, self.tau)
-                    if self._actor_buffers:
-                        th._foreach_copy_(self._actor_target_buffers, self._actor_buffers)
+                # Target updates: theta' <- tau * theta + (1 - tau) * theta'; batch-norm statistics are copied
+                with th.no_grad():
+                    if self._n_updates % critic_interval == 0:
+                        th._foreach_lerp_(self._critic_target_params, self._critic_params, self.tau)
+                        if self._critic_buffers:
+                            th._foreach_copy_(self._critic_target_buffers, self._critic_buffers)
+                    if self._n_updates % actor_interval == 0:
+                        th._foreach_lerp_(self._actor_target_params, self._actor_params, self.tau)
+                        if self._actor_buffers:
+                            th._foreach_copy_(self._actor_target_buffers, self._actor_buffers)
 
-            critic_losses.append(critic_loss.detach())
-            actor_losses.append(actor_loss.detach())
-            q_values.append(current_q_values.detach().mean())
+                losses.append(th.stack([critic_loss.detach(), actor_loss.detach(), current_q_values.detach().mean()]))
 
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
-        if critic_losses:
-            self.logger.record("train/critic_loss", th.stack(critic_losses).mean().item())
-            self.logger.record("train/actor_loss", th.stack(actor_losses).mean().item())
-            self.logger.record("train/q_mean", th.stack(q_values).mean().item())
+        if losses:
+            # One device-to-host transfer per call, not one per loss and gradient step
+            critic_loss_mean, actor_loss_mean, q_mean = (losses[0] if len(losses) == 1 else th.stack(losses).mean(0)).tolist()
+            self.logger.record("train/critic_loss", critic_loss_mean)
+            self.logger.record("train/actor_loss", actor_loss_mean)
+            self.logger.record("train/q_mean", q_mean)
+
+    # ------------------------------------------------------------------ hot path: sampling and acting (docs/speed.md)
+    def _sample_replay(self, batch_size: int) -> ReplayBufferSamples:
+        """A minibatch from the replay buffer: SB3's ``sample``, or its lean equivalent for a plain ``ReplayBuffer``."""
+        if can_sample_fast(self.replay_buffer, self._vec_normalize_env):
+            return sample_fast(self.replay_buffer, batch_size)  # type: ignore[arg-type]
+        return self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr, return-value]
+
+    def _denormals_flushed_outside(self) -> bool:
+        flushed = getattr(self, "_flushed_outside", None)
+        if flushed is None:  # train() called outside learn()
+            flushed = self._flushed_outside = denormals_are_flushed()
+        return flushed
+
+    def predict(
+        self,
+        observation: np.ndarray | dict[str, np.ndarray],
+        state: tuple[np.ndarray, ...] | None = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = False,
+    ) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
+        """
+        Get the policy action from an observation: mu(s) rescaled to the action space (DDPG's policy is
+        deterministic; ``deterministic`` is ignored and exploration noise is added in ``learn()`` only).
+
+        Same result as SB3's ``policy.predict``, with a lean path for array observations of a non-image Box space
+        (the training loop calls it at every step).
+
+        :param observation: the input observation (one, or a batch with a leading dimension)
+        :param state: unused (no recurrent policy), returned as is
+        :param episode_start: unused
+        :param deterministic: unused
+        :return: the action(s) and ``state``
+        """
+        space = self.observation_space
+        if not (isinstance(observation, np.ndarray) and isinstance(space, spaces.Box) and not is_image_space(space)):
+            return self.policy.predict(observation, state, episode_start, deterministic)
+        if observation.shape == space.shape:
+            vectorized = False
+        elif observation.shape[1:] == space.shape:
+            vectorized = True
+        else:  # SB3 raises its explanatory error
+            return self.policy.predict(observation, state, episode_start, deterministic)
+        self.policy.set_training_mode(False)  # batch norm: running statistics while acting (Lillicrap et al. 2016, sec. 3)
+        obs_tensor = th.as_tensor(observation if vectorized else observation[np.newaxis], device=self.device)
+        with th.no_grad():
+            actions = self.policy._predict(obs_tensor, deterministic=deterministic)
+        actions = self.policy.unscale_action(actions.cpu().numpy().reshape((-1, *self.action_space.shape)))  # type: ignore[misc]
+        return (actions if vectorized else actions.squeeze(axis=0)), state
 
     def dump_logs(self) -> None:
         if isinstance(self.action_noise, OrnsteinUhlenbeckNoise):
@@ -439,6 +498,7 @@ class PaperDDPG(OffPolicyAlgorithm):
             "_critic_buffers",
             "_critic_target_buffers",
             "_critic_batch_norms",
+            "_flushed_outside",
         ]
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:

@@ -16,6 +16,7 @@ from stable_baselines3.common.torch_layers import (
 from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from torch import nn
 
+from sb3_ddpg_paper.fast_paths import make_optimizer
 from sb3_ddpg_paper.torch_layers import (
     FINAL_LAYER_INIT_BOUND,
     QNetwork,
@@ -394,10 +395,9 @@ class PaperDDPGPolicy(BasePolicy):
         self.actor_target = self.make_actor(features_extractor=None)
         self.actor_target.load_state_dict(self.actor.state_dict())
         # Lillicrap et al. 2016, sec. 7: Adam, no weight decay on the actor
-        self.actor.optimizer = self.optimizer_class(
-            self.actor.parameters(),
-            lr=lr_schedule(1),  # type: ignore[call-arg]
-            **self.optimizer_kwargs,
+        # make_optimizer: fused Adam unless optimizer_kwargs chooses an implementation (docs/speed.md)
+        self.actor.optimizer = make_optimizer(
+            self.optimizer_class, self.actor.parameters(), lr_schedule(1), self.optimizer_kwargs
         )
 
         if self.share_features_extractor:
@@ -414,10 +414,8 @@ class PaperDDPGPolicy(BasePolicy):
             param_source = critic_parameters  # the shared extractor is trained (and decayed) by the actor only
         else:
             param_source = list(self.critic.parameters())
-        self.critic.optimizer = self.optimizer_class(
-            self._critic_param_groups(param_source),
-            lr=lr_schedule(1),  # type: ignore[call-arg]
-            **self.optimizer_kwargs,
+        self.critic.optimizer = make_optimizer(
+            self.optimizer_class, self._critic_param_groups(param_source), lr_schedule(1), self.optimizer_kwargs
         )
 
         for target in (self.actor_target, self.critic_target):

@@ -1,0 +1,285 @@
+"""
+The optimised update is Algorithm 1: same parameters as a straightforward implementation on the same batches.
+
+PaperDDPG's hot path uses fused Adam, gradients w.r.t. the actor's parameters only in the actor step, a lean replay
+sampler, a lean ``predict`` and flushed denormal floats (docs/speed.md). The reference below uses none of them: SB3's
+``ReplayBuffer.sample``, PyTorch's default single-tensor Adam, full ``backward()`` passes and the soft update written
+out, each line as Lillicrap et al. 2016 (Algorithm 1) state it.
+"""
+
+import copy
+
+import numpy as np
+import pytest
+import torch as th
+from stable_baselines3.common.buffers import ReplayBuffer
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.envs import BitFlippingEnv
+from stable_baselines3.common.vec_env import VecNormalize
+from torch import nn
+
+from sb3_ddpg_paper import PaperDDPG
+from sb3_ddpg_paper.fast_paths import can_sample_fast, denormals_are_flushed, sample_fast
+
+SMALL = dict(net_arch=[16, 12])
+TAU, GAMMA, ACTOR_LR, CRITIC_LR, WEIGHT_DECAY = 0.05, 0.99, 1e-3, 2e-3, 1e-2
+
+
+def filled_model(batch_norm: bool, action_layer: int = 1, n_envs: int = 2) -> PaperDDPG:
+    """A model whose replay buffer holds real Pendulum transitions (truncations included) and no update yet."""
+    env = make_vec_env("Pendulum-v1", n_envs=n_envs, seed=0, env_kwargs=dict(max_episode_steps=50))
+    model = PaperDDPG(
+        "MlpPolicy",
+        env,
+        learning_rate=ACTOR_LR,
+        qf_learning_rate=CRITIC_LR,
+        critic_weight_decay=WEIGHT_DECAY,
+        tau=TAU,
+        gamma=GAMMA,
+        learning_starts=300,
+        policy_kwargs=dict(net_arch=[16, 12], batch_norm=batch_norm, action_layer=action_layer),
+        seed=0,
+    )
+    model.learn(300)  # warm-up only: random actions, no update
+    assert model._n_updates == 0 and model.replay_buffer.timeouts.any()
+    # Some true terminals too, so that the (1 - done) mask is exercised (Pendulum never terminates)
+    model.replay_buffer.dones[::7] = 1.0
+    return model
+
+
+class ReferenceDDPG:
+    """Algorithm 1 of Lillicrap et al. 2016, written out plainly on copies of the model's networks."""
+
+    def __init__(self, model: PaperDDPG):
+        self.actor = copy.deepcopy(model.actor)
+        self.critic = copy.deepcopy(model.critic)
+        self.actor_target = copy.deepcopy(model.actor_target)
+        self.critic_target = copy.deepcopy(model.critic_target)
+        self.actor.train()
+        self.critic.train()
+        # Plain single-tensor Adam; coupled L2 decay on the critic's Linear weights only (sec. 7)
+        decayed = {id(m.weight) for m in self.critic.modules() if isinstance(m, nn.Linear)}
+        critic_params = list(self.critic.parameters())
+        self.actor_optimizer = th.optim.Adam(self.actor.parameters(), lr=ACTOR_LR, foreach=False)
+        self.critic_optimizer = th.optim.Adam(
+            [
+                {"params": [p for p in critic_params if id(p) in decayed], "weight_decay": WEIGHT_DECAY},
+                {"params": [p for p in critic_params if id(p) not in decayed], "weight_decay": 0.0},
+            ],
+            lr=CRITIC_LR,
+            foreach=False,
+        )
+
+    def step(self, batch) -> tuple[float, float]:
+        s, a, r, s2, d = batch.observations, batch.actions, batch.rewards, batch.next_observations, batch.dones
+        # y_i = r_i + gamma Q'(s_{i+1}, mu'(s_{i+1}))
+        with th.no_grad():
+            y = r + GAMMA * (1 - d) * self.critic_target(s2, self.actor_target(s2))[0]
+        # Update the critic by minimising L = 1/N sum (y_i - Q(s_i, a_i))^2
+        critic_loss = ((y - self.critic(s, a)[0]) ** 2).mean()
+        self.critic_optimizer.zero_grad()
+        critic_loss.backward()
+        self.critic_optimizer.step()
+        # Update the actor with the sampled policy gradient through the updated critic; the critic's batch-norm
+        # running statistics must not count this batch a second time: save and restore them.
+        saved = [b.clone() for b in self.critic.buffers()]
+        actor_loss = -self.critic(s, self.actor(s))[0].mean()
+        self.actor_optimizer.zero_grad()
+        actor_loss.backward()
+        self.actor_optimizer.step()
+        with th.no_grad():
+            for buffer, value in zip(self.critic.buffers(), saved, strict=True):
+                buffer.copy_(value)
+        # theta' <- tau theta + (1 - tau) theta'; batch-norm statistics copied
+        with th.no_grad():
+            for target, online in ((self.critic_target, self.critic), (self.actor_target, self.actor)):
+                for p_target, p in zip(target.parameters(), online.parameters(), strict=True):
+                    p_target.copy_(TAU * p + (1 - TAU) * p_target)
+                for b_target, b in zip(target.buffers(), online.buffers(), strict=True):
+                    b_target.copy_(b)
+        return critic_loss.item(), actor_loss.item()
+
+
+# The shift of an input batch norm followed by Linear -> batch norm has a zero gradient: the next batch norm removes
+# any constant shift. Its computed gradient is float rounding noise, which Adam scales up to steps of up to about lr,
+# so two correct implementations that round differently move it differently (and, through it, the running mean of
+# the next batch norm). Those entries are compared to within Adam's step size; every other entry to float precision.
+SHIFT_INVARIANT = {
+    "actor": ("mu.0.bias", "mu.2.running_mean"),
+    "critic": ("qf0.state_net.0.bias", "qf0.state_net.2.running_mean"),
+}
+
+
+def assert_same_networks(model: PaperDDPG, reference: ReferenceDDPG, n_steps: int) -> None:
+    for name in ("actor", "critic", "actor_target", "critic_target"):
+        ours, theirs = getattr(model, name).state_dict(), getattr(reference, name).state_dict()
+        assert ours.keys() == theirs.keys()
+        for key in ours:
+            if key in SHIFT_INVARIANT[name.removesuffix("_target")]:
+                th.testing.assert_close(ours[key], theirs[key], rtol=0, atol=n_steps * CRITIC_LR, msg=f"{name}.{key}")
+            else:  # float32 rounding of fused vs. single-tensor Adam, lerp vs. written-out soft update
+                th.testing.assert_close(ours[key], theirs[key], rtol=1e-4, atol=1e-6, msg=f"{name}.{key} differs")
+
+
+@pytest.mark.parametrize("batch_norm", [True, False])
+@pytest.mark.parametrize("action_layer", [0, 1])
+def test_optimised_train_matches_reference_algorithm_1(batch_norm, action_layer):
+    model = filled_model(batch_norm, action_layer)
+    reference = ReferenceDDPG(model)
+    initial_weight = next(model.actor.parameters()).clone()
+    # Several steps, in two train() calls, on the same batches: numpy's global generator drives both samplers
+    np.random.seed(123)
+    model.train(gradient_steps=4, batch_size=32)
+    model.train(gradient_steps=3, batch_size=32)
+    np.random.seed(123)
+    losses = [reference.step(model.replay_buffer.sample(32)) for _ in range(7)]
+    assert model._n_updates == 7
+    assert_same_networks(model, reference, n_steps=7)
+    # The logged losses are the means over the last train() call (3 steps), computed on device and fetched once
+    critic_losses, actor_losses = zip(*losses[4:], strict=True)
+    assert model.logger.name_to_value["train/critic_loss"] == pytest.approx(np.mean(critic_losses), rel=1e-4)
+    assert model.logger.name_to_value["train/actor_loss"] == pytest.approx(np.mean(actor_losses), rel=1e-4, abs=1e-6)
+    # The parameters did move, and the targets lag behind (a test that compares unchanged networks proves nothing)
+    first_weight = next(model.actor.parameters())
+    assert not th.allclose(first_weight, initial_weight)
+    assert not th.allclose(first_weight, next(model.actor_target.parameters()))
+
+
+def test_optimised_train_matches_reference_after_learning_starts():
+    """The same through learn(): acting, storing and updating interleaved (lean predict and sampling in the loop)."""
+    model = filled_model(batch_norm=True)
+    model.action_noise = None
+    reference = ReferenceDDPG(model)
+    for _ in range(5):
+        state = np.random.get_state()
+        model.learn(1, reset_num_timesteps=False)  # one env step, then one update on a freshly drawn batch
+        # The reference acts like SB3's predict and must pick the same action the model stored
+        np.random.set_state(state)
+        reference.step(model.replay_buffer.sample(model.batch_size))
+    assert model._n_updates == 5
+    assert_same_networks(model, reference, n_steps=5)
+
+
+# ----------------------------------------------------------------------------- lean sampling
+def test_lean_sampling_returns_what_sb3_samples():
+    model = filled_model(batch_norm=False, n_envs=3)
+    buffer = model.replay_buffer
+    buffer.timeouts[::5] = 1.0  # truncations at true terminals too: those must not mask the bootstrap
+    assert can_sample_fast(buffer, None)
+    for seed in range(3):
+        np.random.seed(seed)
+        ours = sample_fast(buffer, 64)
+        np.random.seed(seed)
+        theirs = buffer.sample(64)
+        for field in ("observations", "actions", "next_observations", "dones", "rewards"):
+            a, b = getattr(ours, field), getattr(theirs, field)
+            assert a.dtype == b.dtype and a.shape == b.shape and a.device == b.device
+            assert th.equal(a, b), field
+        assert ours.discounts is None
+    # Same number of draws from the global generator: what follows is unchanged too
+    np.random.seed(0)
+    sample_fast(buffer, 64)
+    after_ours = np.random.randint(1 << 30)
+    np.random.seed(0)
+    buffer.sample(64)
+    assert np.random.randint(1 << 30) == after_ours
+
+
+def test_special_buffers_use_their_own_sampling():
+    env = make_vec_env("Pendulum-v1", n_envs=1)
+    assert not can_sample_fast(PaperDDPG("MlpPolicy", env, n_steps=3).replay_buffer, None)
+    memory_efficient = PaperDDPG(
+        "MlpPolicy",
+        env,
+        buffer_size=1000,
+        optimize_memory_usage=True,
+        replay_buffer_kwargs=dict(handle_timeout_termination=False),
+    )
+    assert not can_sample_fast(memory_efficient.replay_buffer, None)
+    normalized = VecNormalize(make_vec_env("Pendulum-v1", n_envs=1))
+    model = PaperDDPG("MlpPolicy", normalized)
+    assert not can_sample_fast(model.replay_buffer, model._vec_normalize_env)
+    buffer = ReplayBuffer(100, env.observation_space, env.action_space)
+    assert can_sample_fast(buffer, None)
+    buffer.sample = lambda *args, **kwargs: None  # type: ignore[method-assign]
+    assert not can_sample_fast(buffer, None)
+
+    class MyBuffer(ReplayBuffer):
+        pass
+
+    assert not can_sample_fast(MyBuffer(100, env.observation_space, env.action_space), None)
+
+
+def test_vec_normalize_training_still_normalises():
+    env = VecNormalize(make_vec_env("Pendulum-v1", n_envs=1))
+    model = PaperDDPG("MlpPolicy", env, learning_starts=100, policy_kwargs=SMALL)
+    model.learn(120)
+    np.random.seed(0)
+    batch = model._sample_replay(16)
+    np.random.seed(0)
+    raw = model.replay_buffer.sample(16)  # without the env: unnormalised
+    assert not th.allclose(batch.observations, raw.observations)
+
+
+# ----------------------------------------------------------------------------- lean predict
+@pytest.mark.parametrize("batch_norm", [True, False])
+def test_predict_matches_sb3_policy_predict(batch_norm):
+    model = PaperDDPG("HalfCheetah-v5", policy_kwargs=dict(net_arch=[16, 12], batch_norm=batch_norm), seed=1)
+    with th.no_grad():  # non-trivial batch-norm running statistics: predict must use them (eval mode)
+        for layer in model.actor.modules():
+            if isinstance(layer, nn.BatchNorm1d):
+                layer.running_mean.uniform_(-1, 1)
+                layer.running_var.uniform_(0.5, 2)
+    model.policy.set_training_mode(True)
+    single = model.observation_space.sample()  # float64, as HalfCheetah's observations are
+    batch = np.stack([model.observation_space.sample() for _ in range(5)])
+    for observation in (single, batch, single.astype(np.float32)):
+        ours, state = model.predict(observation, state=None)
+        theirs, _ = model.policy.predict(observation)
+        assert state is None and ours.shape == theirs.shape and ours.dtype == theirs.dtype
+        np.testing.assert_array_equal(ours, theirs)
+    assert not model.policy.training
+    with pytest.raises(ValueError, match="observation"):
+        model.predict(np.zeros(4))  # wrong shape: SB3's explanatory error
+
+
+def test_predict_dict_observations_falls_back_to_sb3():
+    env = BitFlippingEnv(n_bits=4, continuous=True)
+    model = PaperDDPG("MultiInputPolicy", env, policy_kwargs=SMALL, seed=0)
+    observation = env.observation_space.sample()
+    np.testing.assert_array_equal(model.predict(observation)[0], model.policy.predict(observation)[0])
+
+
+# ----------------------------------------------------------------------------- fused Adam, denormals
+def test_fused_adam_by_default_unless_chosen():
+    model = PaperDDPG("Pendulum-v1", policy_kwargs=SMALL)
+    for optimizer in (model.actor.optimizer, model.critic.optimizer):
+        assert all(group["fused"] for group in optimizer.param_groups)
+    model = PaperDDPG("Pendulum-v1", policy_kwargs=dict(SMALL, optimizer_kwargs=dict(foreach=True)))
+    assert all(group["foreach"] and not group["fused"] for group in model.critic.optimizer.param_groups)
+    model = PaperDDPG("Pendulum-v1", policy_kwargs=dict(SMALL, optimizer_class=th.optim.SGD))
+    assert isinstance(model.actor.optimizer, th.optim.SGD)
+
+
+@pytest.mark.parametrize("flush_denormal", [True, False])
+def test_denormals_flushed_during_updates_only(flush_denormal):
+    model = PaperDDPG("Pendulum-v1", learning_starts=50, policy_kwargs=SMALL, flush_denormal=flush_denormal)
+    seen = []
+    step = model.critic.optimizer.step
+
+    def recording_step(*args, **kwargs):
+        seen.append(denormals_are_flushed())
+        return step(*args, **kwargs)
+
+    model.critic.optimizer.step = recording_step  # type: ignore[method-assign]
+    assert not denormals_are_flushed()
+    model.learn(60)
+    assert seen and all(flag == flush_denormal for flag in seen)
+    assert not denormals_are_flushed()  # the caller's mode is restored
+    # A caller that flushes already keeps flushing
+    th.set_flush_denormal(True)
+    try:
+        model.learn(5, reset_num_timesteps=False)
+        assert denormals_are_flushed()
+    finally:
+        th.set_flush_denormal(False)
