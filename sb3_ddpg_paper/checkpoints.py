@@ -48,7 +48,7 @@ import numpy as np
 import torch as th
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback
-from stable_baselines3.common.vec_env import unwrap_vec_normalize
+from stable_baselines3.common.vec_env import VecEnv, unwrap_vec_normalize
 
 from sb3_ddpg_paper.noise import OrnsteinUhlenbeckNoise
 
@@ -354,6 +354,12 @@ def load_checkpoint(
         model.action_space = action_space  # keeps the generator it shares with the env
         model.set_env(env, force_reset=False)  # keep the saved last observation: the episode goes on
     else:
+        n_envs = env.num_envs if isinstance(env, VecEnv) else 1
+        if model.replay_buffer is not None and n_envs != model.replay_buffer.n_envs:
+            raise ValueError(
+                f"The replay buffer of {path} was filled by {model.replay_buffer.n_envs} environment(s); the environment "
+                f"given has {n_envs}. Resume with the same number of environments."
+            )
         model.set_env(env, force_reset=True)
     model._resume_state = (state, exact_env)
     return model
