@@ -26,7 +26,6 @@ from sb3_ddpg_paper.checkpoints import (
     learn_with_checkpoints,
     list_checkpoints,
     load_checkpoint,
-    save_checkpoint,
     verify_checkpoint,
 )
 
@@ -139,7 +138,7 @@ def test_resume_with_a_new_env_continues_but_starts_new_episodes(tmp_path):
     directory = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         learn_with_checkpoints(make_model, directory, TOTAL, save_freq=SAVE_FREQ, callback=Crash(110))
-    with pytest.raises(ValueError, match="replay buffer .* 1 environment"):
+    with pytest.raises(ValueError, match=r"replay buffer .* 1 environment"):
         PaperDDPG.resume(directory, env=make_vec_env("Pendulum-v1", n_envs=2))
     model = PaperDDPG.resume(directory, env=make_vec_env("Pendulum-v1", n_envs=1, seed=5))
     assert model._last_obs is None  # the new env is reset: a new episode
@@ -155,7 +154,7 @@ def test_unpicklable_env_needs_an_env_to_resume(tmp_path):
         model.learn(30, callback=CrashSafeCheckpointCallback(tmp_path, save_freq=10))
     finally:
         env.close()
-    with pytest.raises(CheckpointError, match="holds no environment snapshot .*pass the environment"):
+    with pytest.raises(CheckpointError, match=r"holds no environment snapshot .*pass the environment"):
         PaperDDPG.resume(tmp_path)
     resumed = PaperDDPG.resume(tmp_path, env=DummyVecEnv([lambda: __import__("gymnasium").make("Pendulum-v1")]))
     assert resumed.num_timesteps == 30 and resumed.replay_buffer.size() == 30
