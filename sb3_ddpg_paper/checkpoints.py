@@ -88,7 +88,7 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], None]) -> Path:
+def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], object]) -> Path:
     """
     Write a file so that ``path`` holds either its old content or the complete new one, whatever happens:
     ``write`` fills a temporary file in the same directory, which is flushed, fsynced and renamed over ``path``
