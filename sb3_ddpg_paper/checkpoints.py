@@ -509,7 +509,10 @@ def check_saved_model(path: str | os.PathLike, algorithm_name: str = "PaperDDPG"
         names = set(archive.namelist())
         missing = {"data", "policy.pth"} - names
         if missing:
-            raise ValueError(f"{path} is not a saved SB3 model: it lacks {sorted(missing)}.")
+            raise ValueError(
+                f"{path} is not a complete saved model: it lacks {sorted(missing)} (the file is truncated or corrupted, "
+                "or was not written by PaperDDPG.save)."
+            )
         try:
             data = json.loads(archive.read("data"))
         except ValueError as error:

@@ -255,6 +255,7 @@ class PaperDDPG(OffPolicyAlgorithm):
             env = maybe_make_env(env, verbose=0)  # as SB3 makes it (render_mode="rgb_array" when supported)
         if env is not None:
             cls._check_action_space(env.action_space)
+            cls._check_observation_space(env.observation_space)
         if policy is not None:
             return policy, env
         if env is None:
@@ -321,6 +322,23 @@ class PaperDDPG(OffPolicyAlgorithm):
                 f"got {action_space}. Wrap the environment so that its action space has finite low and high bounds."
             )
 
+    @staticmethod
+    def _check_observation_space(observation_space: spaces.Space) -> None:
+        flat = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
+        where = ""
+        if isinstance(observation_space, spaces.Dict):
+            nested = [key for key, space in observation_space.spaces.items() if not isinstance(space, flat)]
+            if not nested:
+                return
+            where, observation_space = f" (key {nested[0]!r} of the Dict)", observation_space[nested[0]]
+        elif isinstance(observation_space, flat):
+            return
+        raise ValueError(
+            f"PaperDDPG cannot take observations from the space {observation_space}{where}: accepted are Box, Discrete, "
+            "MultiDiscrete, MultiBinary, or a Dict of these (not nested). Wrap the environment, e.g. with "
+            "gymnasium.wrappers.FlattenObservation for a Tuple space."
+        )
+
     # ------------------------------------------------------------------ SB3 hooks
     def _setup_model(self) -> None:
         super()._setup_model()
@@ -380,6 +398,7 @@ class PaperDDPG(OffPolicyAlgorithm):
     def set_env(self, env: GymEnv, force_reset: bool = True) -> None:
         if isinstance(env, gym.Env | VecEnv):
             self._check_action_space(env.action_space)
+            self._check_observation_space(env.observation_space)
         try:
             super().set_env(env, force_reset)
         except ValueError as error:
@@ -401,7 +420,7 @@ class PaperDDPG(OffPolicyAlgorithm):
     ) -> None:
         # A NaN/inf that enters the replay buffer poisons every later update: stop before it is stored.
         terminal = [info.get("terminal_observation") if done else None for done, info in zip(dones, infos, strict=True)]
-        for what, values in (("observation", self._last_obs), ("next observation", new_obs), ("reward", reward)):
+        for what, values in (("reset observation", self._last_obs), ("observation", new_obs), ("reward", reward)):
             _raise_if_non_finite(what, values, self.num_timesteps)
         for env_index, terminal_obs in enumerate(terminal):
             if terminal_obs is not None:
