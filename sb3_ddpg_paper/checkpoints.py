@@ -48,7 +48,8 @@ import numpy as np
 import torch as th
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback
-from stable_baselines3.common.vec_env import VecEnv, unwrap_vec_normalize
+from gymnasium.utils import EzPickle
+from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper, unwrap_vec_normalize
 
 from sb3_ddpg_paper.noise import OrnsteinUhlenbeckNoise
 
@@ -224,6 +225,14 @@ def _env_snapshot(model: "PaperDDPG") -> tuple[bytes | None, str | None]:
         return None, "the model has no environment"
     if unwrap_vec_normalize(model.env) is not None:
         return None, "VecNormalize does not pickle its wrapped environment"
+    venv: Any = model.env
+    while isinstance(venv, VecEnvWrapper):
+        venv = venv.venv
+    for env in getattr(venv, "envs", []):
+        while env is not None:
+            if isinstance(env, EzPickle):  # MuJoCo, Box2D...: a pickle holds the constructor arguments, not the state
+                return None, f"{type(env).__name__} pickles its constructor arguments, not its state (EzPickle)"
+            env = getattr(env, "env", None)
     try:
         return cloudpickle.dumps((model.env, model.action_space)), None
     except Exception as error:  # SubprocVecEnv, open files, simulators with native handles...

@@ -147,17 +147,29 @@ def test_resume_with_a_new_env_continues_but_starts_new_episodes(tmp_path):
     assert model.action_noise.num_steps == TOTAL  # the epsilon schedule went on
 
 
-def test_unpicklable_env_needs_an_env_to_resume(tmp_path):
-    env = SubprocVecEnv([lambda: __import__("gymnasium").make("Pendulum-v1")], start_method="fork")
+@pytest.mark.parametrize(
+    ("env_id", "subprocess", "reason"),
+    [
+        ("Pendulum-v1", True, "the environment cannot be pickled"),
+        # MuJoCo envs pickle their constructor arguments only: a snapshot would silently restart the physics
+        ("InvertedPendulum-v5", False, "InvertedPendulumEnv pickles its constructor arguments, not its state"),
+    ],
+)
+def test_env_without_a_faithful_snapshot_needs_an_env_to_resume(tmp_path, env_id, subprocess, reason):
+    vec_env_cls = SubprocVecEnv if subprocess else DummyVecEnv
+    env = make_vec_env(env_id, n_envs=1, seed=0, vec_env_cls=vec_env_cls,
+                       vec_env_kwargs=dict(start_method="fork") if subprocess else None)  # fmt: skip
     try:
         model = PaperDDPG("MlpPolicy", env, buffer_size=500, learning_starts=20, policy_kwargs=dict(net_arch=[8]), seed=0)
         model.learn(30, callback=CrashSafeCheckpointCallback(tmp_path, save_freq=10))
     finally:
         env.close()
-    with pytest.raises(CheckpointError, match=r"holds no environment snapshot .*pass the environment"):
+    with pytest.raises(CheckpointError, match=rf"holds no environment snapshot \({reason}.*pass the environment"):
         PaperDDPG.resume(tmp_path)
-    resumed = PaperDDPG.resume(tmp_path, env=DummyVecEnv([lambda: __import__("gymnasium").make("Pendulum-v1")]))
+    resumed = PaperDDPG.resume(tmp_path, env=make_vec_env(env_id, n_envs=1, seed=1))
     assert resumed.num_timesteps == 30 and resumed.replay_buffer.size() == 30
+    resumed.learn(10, reset_num_timesteps=False)
+    assert resumed.num_timesteps == 40
 
 
 def test_resume_skips_a_corrupted_newest_checkpoint_and_refuses_an_empty_directory(tmp_path):
