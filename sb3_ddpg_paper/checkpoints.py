@@ -49,7 +49,7 @@ import torch as th
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback
 from gymnasium.utils import EzPickle
-from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper, unwrap_vec_normalize
+from stable_baselines3.common.vec_env import VecEnvWrapper, unwrap_vec_normalize
 
 from sb3_ddpg_paper.noise import OrnsteinUhlenbeckNoise
 
@@ -350,9 +350,8 @@ def load_checkpoint(
         path = latest_checkpoint(path)
     with open(path / STATE_NAME, "rb") as file:
         state = pickle.load(file)
-    model = algorithm_class.load(path / MODEL_NAME, env=None, device=device)
-    model.load_replay_buffer(path / REPLAY_BUFFER_NAME)
     exact_env = env is None
+    action_space = None
     if env is None:
         if state["env"] is None:
             raise CheckpointError(
@@ -360,16 +359,18 @@ def load_checkpoint(
                 "e.g. load_checkpoint(directory, env=make_env())."
             )
         env, action_space = pickle.loads(state["env"])
-        model.action_space = action_space  # keeps the generator it shares with the env
-        model.set_env(env, force_reset=False)  # keep the saved last observation: the episode goes on
-    else:
-        n_envs = env.num_envs if isinstance(env, VecEnv) else 1
-        if model.replay_buffer is not None and n_envs != model.replay_buffer.n_envs:
-            raise ValueError(
-                f"The replay buffer of {path} was filled by {model.replay_buffer.n_envs} environment(s); the environment "
-                f"given has {n_envs}. Resume with the same number of environments."
-            )
-        model.set_env(env, force_reset=True)
+    # The saved env keeps the saved last observation (the episode goes on); a new env is reset
+    model = algorithm_class.load(path / MODEL_NAME, env=env, device=device, force_reset=not exact_env)
+    if action_space is not None:
+        model.action_space = action_space  # the one the env holds: they share a generator
+    # The saved env continues the episode in progress (HER: do not truncate the last trajectory); a new env does not
+    model.load_replay_buffer(path / REPLAY_BUFFER_NAME, truncate_last_traj=not exact_env)
+    assert model.env is not None and model.replay_buffer is not None
+    if model.replay_buffer.n_envs != model.env.num_envs:
+        raise ValueError(
+            f"The replay buffer of {path} was filled by {model.replay_buffer.n_envs} environment(s); the environment "
+            f"given has {model.env.num_envs}. Resume with the same number of environments."
+        )
     model._resume_state = (state, exact_env)
     return model
 

@@ -12,8 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch as th
+from stable_baselines3 import HerReplayBuffer
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.envs import BitFlippingEnv
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
 from sb3_ddpg_paper import PaperDDPG
@@ -145,6 +147,20 @@ def test_resume_with_a_new_env_continues_but_starts_new_episodes(tmp_path):
     model.learn(TOTAL - model.num_timesteps, reset_num_timesteps=False)
     assert model.num_timesteps == model.replay_buffer.size() == TOTAL
     assert model.action_noise.num_steps == TOTAL  # the epsilon schedule went on
+
+
+def test_exact_resume_with_her(tmp_path):
+    def make_her_model() -> PaperDDPG:
+        return PaperDDPG("MultiInputPolicy", BitFlippingEnv(n_bits=4, continuous=True, max_steps=8), buffer_size=500,
+                         learning_starts=30, batch_size=8, replay_buffer_class=HerReplayBuffer,
+                         replay_buffer_kwargs=dict(n_sampled_goal=2), policy_kwargs=dict(net_arch=[8]), seed=0)  # fmt: skip
+
+    uninterrupted = learn_with_checkpoints(make_her_model, tmp_path / "a", 120, save_freq=20)
+    with pytest.raises(KeyboardInterrupt):  # mid-episode: HER must continue the trajectory, not truncate it
+        learn_with_checkpoints(make_her_model, tmp_path / "b", 120, save_freq=20, callback=Crash(77))
+    resumed = learn_with_checkpoints(make_her_model, tmp_path / "b", 120, save_freq=20)
+    assert resumed.replay_buffer.size() == uninterrupted.replay_buffer.size()
+    assert_same_parameters(resumed, uninterrupted)
 
 
 @pytest.mark.parametrize(
