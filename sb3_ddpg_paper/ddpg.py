@@ -420,8 +420,11 @@ class PaperDDPG(OffPolicyAlgorithm):
     ) -> None:
         # A NaN/inf that enters the replay buffer poisons every later update: stop before it is stored.
         terminal = [info.get("terminal_observation") if done else None for done, info in zip(dones, infos, strict=True)]
-        for what, values in (("reset observation", self._last_obs), ("observation", new_obs), ("reward", reward)):
-            _raise_if_non_finite(what, values, self.num_timesteps)
+        if self._last_obs is not getattr(self, "_last_checked_obs", None):  # a reset observation, not yet checked
+            _raise_if_non_finite("reset observation", self._last_obs, self.num_timesteps)
+        _raise_if_non_finite("observation", new_obs, self.num_timesteps)
+        _raise_if_non_finite("reward", reward, self.num_timesteps)
+        self._last_checked_obs = new_obs  # becomes self._last_obs below
         for env_index, terminal_obs in enumerate(terminal):
             if terminal_obs is not None:
                 _raise_if_non_finite("terminal observation", terminal_obs, self.num_timesteps, env_index)
@@ -608,6 +611,7 @@ class PaperDDPG(OffPolicyAlgorithm):
             "_critic_target_buffers",
             "_critic_batch_norms",
             "_resume_state",
+            "_last_checked_obs",
         ]
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:

@@ -152,6 +152,21 @@ def test_non_finite_transition_stops_training_before_it_is_stored(tmp_path, wher
     assert np.isfinite(action).all()
 
 
+class NaNReset(gym.Wrapper):
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        return np.full_like(obs, np.nan), info
+
+
+def test_non_finite_reset_observation():
+    env = make_vec_env("Pendulum-v1", n_envs=2, seed=0)
+    env.envs[1] = NaNReset(env.envs[1])
+    model = small_model(env)
+    with pytest.raises(ValueError, match=r"Environment 1 returned a non-finite reset observation .* num_timesteps to 2"):
+        model.learn(20)
+    assert model.replay_buffer.size() == 0
+
+
 # ---------------------------------------------------------------------------------------------------- predict
 @pytest.mark.parametrize("shape", [(4,), (2, 4), (3, 3, 1), ()])
 def test_predict_with_a_wrongly_shaped_observation(saved_model, shape):
