@@ -241,6 +241,11 @@ def _env_snapshot(model: "PaperDDPG") -> tuple[bytes | None, str | None]:
 
 def _training_state(model: "PaperDDPG") -> dict[str, Any]:
     env_bytes, env_problem = _env_snapshot(model)
+    if env_problem is not None:
+        warnings.warn(
+            f"Checkpoints hold no environment snapshot: {env_problem}. Resuming will need env= and starts new "
+            "episodes, so the resumed run is not bitwise that of an uninterrupted one."
+        )
     return {
         "rng": _rng_states(),
         # The noise is also inside model.zip, but loading re-seeds it and learn() resets its process state
