@@ -1,5 +1,9 @@
 """PaperDDPG: Algorithm 1 of Lillicrap et al. 2016 as a Stable-Baselines3 off-policy algorithm."""
 
+import io
+import os
+import pathlib
+from collections.abc import Iterable
 from typing import Any, ClassVar, TypeVar
 
 import gymnasium as gym
@@ -17,6 +21,13 @@ from stable_baselines3.common.utils import FloatSchedule, update_learning_rate
 from stable_baselines3.common.vec_env import VecEnv
 from torch.nn import functional as F
 
+from sb3_ddpg_paper.checkpoints import (
+    atomic_write,
+    check_saved_model,
+    latest_checkpoint,
+    load_checkpoint,
+    restore_training_state,
+)
 from sb3_ddpg_paper.fast_paths import can_sample_fast, denormals_are_flushed, flushed_denormals, sample_fast
 from sb3_ddpg_paper.noise import OrnsteinUhlenbeckNoise
 from sb3_ddpg_paper.policies import Actor, CnnPolicy, Critic, MlpPolicy, MultiInputPolicy, PaperDDPGPolicy
@@ -37,6 +48,30 @@ def _check_positive_number_or_schedule(name: str, value: Any) -> None:
 def _check_int(name: str, value: Any, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+
+
+def _non_finite_env(values: Any, batched: bool = True) -> int | None:
+    """Index of the first environment whose float values (array or dict of arrays) hold a NaN or inf, else None."""
+    for array in values.values() if isinstance(values, dict) else (values,):
+        array = np.asarray(array)
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            if not batched:
+                return 0
+            return int(np.flatnonzero(~np.isfinite(array.reshape(len(array), -1)).all(axis=1))[0])
+    return None
+
+
+def _raise_if_non_finite(what: str, values: Any, num_timesteps: int, env_index: int | None = None) -> None:
+    bad_env = _non_finite_env(values, batched=env_index is None)
+    if bad_env is None:
+        return
+    env_index = bad_env if env_index is None else env_index
+    raise ValueError(
+        f"Environment {env_index} returned a non-finite {what} (NaN or inf) in the step that brought num_timesteps to "
+        f"{num_timesteps}. Training stopped before this transition entered the replay buffer: the networks, optimizers "
+        "and replay buffer are as they were before it. PaperDDPG accepts only finite observations and rewards; "
+        "SB3's VecCheckNan wrapper helps find where they come from."
+    )
 
 
 class PaperDDPG(OffPolicyAlgorithm):
@@ -203,6 +238,9 @@ class PaperDDPG(OffPolicyAlgorithm):
         # The algorithm's critic weight decay is handed to the policy, which builds the optimizers
         self.policy_kwargs["critic_weight_decay"] = critic_weight_decay
 
+        # Set by sb3_ddpg_paper.checkpoints.load_checkpoint, consumed by the next learn() (see _setup_learn)
+        self._resume_state: tuple[dict[str, Any], bool] | None = None
+
         if _init_setup_model:
             self._setup_model()
 
@@ -223,6 +261,7 @@ class PaperDDPG(OffPolicyAlgorithm):
             env = maybe_make_env(env, verbose=0)  # as SB3 makes it (render_mode="rgb_array" when supported)
         if env is not None:
             cls._check_action_space(env.action_space)
+            cls._check_observation_space(env.observation_space)
         if policy is not None:
             return policy, env
         if env is None:
@@ -289,6 +328,23 @@ class PaperDDPG(OffPolicyAlgorithm):
                 f"got {action_space}. Wrap the environment so that its action space has finite low and high bounds."
             )
 
+    @staticmethod
+    def _check_observation_space(observation_space: spaces.Space) -> None:
+        flat = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
+        where = ""
+        if isinstance(observation_space, spaces.Dict):
+            nested = [key for key, space in observation_space.spaces.items() if not isinstance(space, flat)]
+            if not nested:
+                return
+            where, observation_space = f" (key {nested[0]!r} of the Dict)", observation_space[nested[0]]
+        elif isinstance(observation_space, flat):
+            return
+        raise ValueError(
+            f"PaperDDPG cannot take observations from the space {observation_space}{where}: accepted are Box, Discrete, "
+            "MultiDiscrete, MultiBinary, or a Dict of these (not nested). Wrap the environment, e.g. with "
+            "gymnasium.wrappers.FlattenObservation for a Tuple space."
+        )
+
     # ------------------------------------------------------------------ SB3 hooks
     def _setup_model(self) -> None:
         super()._setup_model()
@@ -339,12 +395,127 @@ class PaperDDPG(OffPolicyAlgorithm):
             # SB3 would keep a wrapper sized for the env count the model was trained with, and crash
             self.action_noise = self.action_noise.base_noise
         self._flushed_outside = denormals_are_flushed()  # the caller's floating-point mode, restored after updates
-        return super()._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar)
+        result = super()._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar)
+        # Resumed from a crash-safe checkpoint: put back the RNG and noise state that load and _setup_learn reset
+        resume_state, self._resume_state = getattr(self, "_resume_state", None), None
+        if resume_state is not None and not reset_num_timesteps:
+            restore_training_state(self, *resume_state)
+        return result
 
     def set_env(self, env: GymEnv, force_reset: bool = True) -> None:
         if isinstance(env, gym.Env | VecEnv):
             self._check_action_space(env.action_space)
-        super().set_env(env, force_reset)
+            self._check_observation_space(env.observation_space)
+        try:
+            super().set_env(env, force_reset)
+        except ValueError as error:
+            raise ValueError(
+                f"The environment does not fit this model: {error} (the model's space first). set_env accepts an "
+                f"environment with observation space {self.observation_space} and action space {self.action_space}."
+            ) from error
+
+    # ------------------------------------------------------------------ reliability: bad data, files, resume
+    # (sb3_ddpg_paper.checkpoints and docs/reliability.md)
+    def _store_transition(
+        self,
+        replay_buffer: ReplayBuffer,
+        buffer_action: np.ndarray,
+        new_obs: np.ndarray | dict[str, np.ndarray],
+        reward: np.ndarray,
+        dones: np.ndarray,
+        infos: list[dict[str, Any]],
+    ) -> None:
+        # A NaN/inf that enters the replay buffer poisons every later update: stop before it is stored.
+        terminal = [info.get("terminal_observation") if done else None for done, info in zip(dones, infos, strict=True)]
+        if self._last_obs is not getattr(self, "_last_checked_obs", None):  # a reset observation, not yet checked
+            _raise_if_non_finite("reset observation", self._last_obs, self.num_timesteps)
+        _raise_if_non_finite("observation", new_obs, self.num_timesteps)
+        _raise_if_non_finite("reward", reward, self.num_timesteps)
+        self._last_checked_obs = new_obs  # becomes self._last_obs below
+        for env_index, terminal_obs in enumerate(terminal):
+            if terminal_obs is not None:
+                _raise_if_non_finite("terminal observation", terminal_obs, self.num_timesteps, env_index)
+        super()._store_transition(replay_buffer, buffer_action, new_obs, reward, dones, infos)
+
+    def save(
+        self,
+        path: str | pathlib.Path | io.BufferedIOBase,
+        exclude: Iterable[str] | None = None,
+        include: Iterable[str] | None = None,
+    ) -> None:
+        """
+        Save the model to a zip file, atomically when ``path`` is a path: the file is written next to its destination,
+        fsynced and renamed over it, so a crash never leaves a half-written model (nor destroys the previous one).
+
+        :param path: path to the file where the model should be saved (``.zip`` is added when it has no suffix),
+            or a binary file object
+        :param exclude: name of parameters that should be excluded in addition to the default ones
+        :param include: name of parameters that might be excluded but should be included anyway
+        """
+        if isinstance(path, io.BufferedIOBase):
+            super().save(path, exclude=exclude, include=include)
+            return
+        path = pathlib.Path(path)
+        if path.suffix == "":
+            path = path.with_suffix(".zip")  # as SB3 names it
+        atomic_write(path, lambda file: super(PaperDDPG, self).save(file, exclude=exclude, include=include))
+
+    @classmethod
+    def load(  # type: ignore[override]
+        cls: type[SelfPaperDDPG],
+        path: str | pathlib.Path | io.BufferedIOBase,
+        env: GymEnv | None = None,
+        device: th.device | str = "auto",
+        custom_objects: dict[str, Any] | None = None,
+        print_system_info: bool = False,
+        force_reset: bool = True,
+        **kwargs: Any,
+    ) -> SelfPaperDDPG:
+        """
+        Load a model saved by :meth:`save` (see SB3's ``BaseAlgorithm.load`` for the arguments).
+
+        Security: like every SB3 ``load``, this UNPICKLES parts of the file, which can execute arbitrary code. Load
+        only files you trust; share policies with :mod:`sb3_ddpg_paper.export` (weights only, no code).
+        The file is checked first without unpickling anything: a truncated or corrupted zip, or one saved by another
+        algorithm, raises a ``ValueError`` saying so.
+        """
+        if isinstance(path, str | os.PathLike):
+            path = pathlib.Path(path)
+            if not path.exists() and path.suffix == "":
+                path = path.with_suffix(".zip")
+            check_saved_model(path, cls.__name__)
+        try:
+            return super().load(path, env, device, custom_objects, print_system_info, force_reset, **kwargs)
+        except ValueError as error:
+            if "spaces do not match" not in str(error):
+                raise
+            raise ValueError(
+                f"The environment does not fit the saved model {path}: {error} (the saved model's space first). "
+                "Pass an environment with the spaces the model was trained on, or env=None to predict only."
+            ) from error
+
+    @classmethod
+    def resume(
+        cls: type[SelfPaperDDPG],
+        directory: str | os.PathLike,
+        env: GymEnv | None = None,
+        device: th.device | str = "auto",
+    ) -> SelfPaperDDPG:
+        """
+        Load the newest complete crash-safe checkpoint of ``directory`` (written by
+        :class:`~sb3_ddpg_paper.checkpoints.CrashSafeCheckpointCallback`) with its replay buffer, noise, random
+        generators and (when ``env`` is None) environment. Continue with
+        ``model.learn(total_timesteps - model.num_timesteps, reset_num_timesteps=False)``, or use
+        :func:`~sb3_ddpg_paper.checkpoints.learn_with_checkpoints`, which does it all.
+
+        :param directory: the checkpoint directory
+        :param env: ``None``: the environment saved in the checkpoint (exact continuation); or an environment to use
+            instead (new episodes start)
+        :param device: device of the loaded model
+        :return: the model, ready to continue learning
+        """
+        latest_checkpoint(directory)  # a clear error when there is nothing to resume
+        return load_checkpoint(directory, env=env, device=device, algorithm_class=cls)  # type: ignore[return-value]
 
     # ------------------------------------------------------------------ Algorithm 1
     def train(self, gradient_steps: int, batch_size: int = 64) -> None:
@@ -499,6 +670,8 @@ class PaperDDPG(OffPolicyAlgorithm):
             "_critic_target_buffers",
             "_critic_batch_norms",
             "_flushed_outside",
+            "_resume_state",
+            "_last_checked_obs",
         ]
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:

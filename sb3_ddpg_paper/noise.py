@@ -120,7 +120,10 @@ class OrnsteinUhlenbeckNoise(VectorizedActionNoise):
         if self.epsilon_decay_steps == 0:
             return self.max_epsilon
         fraction = min(1.0, self.num_steps / self.epsilon_decay_steps)
-        return self.max_epsilon + fraction * (self.min_epsilon - self.max_epsilon)
+        # Clamped: rounding could otherwise end a hair outside [min_epsilon, max_epsilon] (found by hypothesis)
+        return min(
+            self.max_epsilon, max(self.min_epsilon, self.max_epsilon + fraction * (self.min_epsilon - self.max_epsilon))
+        )
 
     def stationary_std(self) -> np.ndarray:
         """Standard deviation of the discretised process at stationarity (before epsilon scaling)."""
