@@ -624,7 +624,7 @@ class PaperDDPG(OffPolicyAlgorithm):
         else:  # SB3 raises its explanatory error
             return self.policy.predict(observation, state, episode_start, deterministic)
         self.policy.set_training_mode(False)  # batch norm: running statistics while acting (Lillicrap et al. 2016, sec. 3)
-        obs_tensor = th.as_tensor(observation if vectorized else observation[np.newaxis], device=self.device)
+        obs_tensor = th.as_tensor(observation if vectorized else observation[np.newaxis], dtype=th.float32, device=self.device)
         with th.no_grad():
             actions = self.policy._predict(obs_tensor, deterministic=deterministic)
         actions = self.policy.unscale_action(actions.cpu().numpy().reshape((-1, *self.action_space.shape)))  # type: ignore[misc]
