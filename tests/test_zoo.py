@@ -44,7 +44,9 @@ def run_zoo(*args: str, cwd: Path, check: bool = True, prelude: str = "", timeou
         [sys.executable, "-c", code, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )
     if check and result.returncode != 0:
-        raise AssertionError(f"launcher {args} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+        raise AssertionError(
+            f"launcher {args} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+        )
     return result
 
 
@@ -63,12 +65,19 @@ def saved_data(path: Path) -> dict:
     "expression, expected",
     [
         ("dict(net_arch=[400, 300], activation_fn=nn.ReLU)", dict(net_arch=[400, 300], activation_fn=nn.ReLU)),
-        ("dict(net_arch=dict(pi=[64], qf=[64, 64]), batch_norm=False)", dict(net_arch=dict(pi=[64], qf=[64, 64]), batch_norm=False)),
-        ("dict(optimizer_class=th.optim.Adam, optimizer_kwargs=dict(eps=1e-5, betas=(0.9, 0.999)))",
-         dict(optimizer_class=th.optim.Adam, optimizer_kwargs=dict(eps=1e-5, betas=(0.9, 0.999)))),
+        (
+            "dict(net_arch=dict(pi=[64], qf=[64, 64]), batch_norm=False)",
+            dict(net_arch=dict(pi=[64], qf=[64, 64]), batch_norm=False),
+        ),
+        (
+            "dict(optimizer_class=th.optim.Adam, optimizer_kwargs=dict(eps=1e-5, betas=(0.9, 0.999)))",
+            dict(optimizer_class=th.optim.Adam, optimizer_kwargs=dict(eps=1e-5, betas=(0.9, 0.999))),
+        ),
         ("{'norm_obs': True, 'norm_reward': False, 'clip_obs': 10.0}", dict(norm_obs=True, norm_reward=False, clip_obs=10.0)),
-        ("dict(activation_fn=th.nn.Tanh, weight_init=nn.init.orthogonal_, log_std_init=-2)",
-         dict(activation_fn=th.nn.Tanh, weight_init=nn.init.orthogonal_, log_std_init=-2)),
+        (
+            "dict(activation_fn=th.nn.Tanh, weight_init=nn.init.orthogonal_, log_std_init=-2)",
+            dict(activation_fn=th.nn.Tanh, weight_init=nn.init.orthogonal_, log_std_init=-2),
+        ),
         ("HerReplayBuffer", "HerReplayBuffer"),
         ("dict(info_keywords=('is_success',))", dict(info_keywords=("is_success",))),
     ],
@@ -143,7 +152,8 @@ def test_train_shipped_file_then_record_video_and_continue(tmp_path):
     run_dir = tmp_path / "logs" / "paper_ddpg" / "Pendulum-v1_1"
     model = PaperDDPG.load(run_dir / "Pendulum-v1.zip")
     # The paper's values from the shipped file (Lillicrap et al. 2016, sec. 7)
-    assert (model.learning_rate, model.qf_learning_rate, model.tau, model.batch_size, model.gamma) == (1e-4, 1e-3, 1e-3, 64, 0.99)
+    assert model.actor.optimizer.param_groups[0]["lr"] == 1e-4 and model.critic.optimizer.param_groups[0]["lr"] == 1e-3
+    assert (model.tau, model.batch_size, model.gamma) == (1e-3, 64, 0.99)
     assert model.buffer_size == 1_000_000 and model.policy_kwargs["critic_weight_decay"] == 1e-2
     assert model.policy.actor.mu[1].in_features == 3 and model.policy.actor.mu[1].out_features == 400
     assert any(isinstance(m, nn.BatchNorm1d) for m in model.policy.critic.modules())
@@ -158,8 +168,20 @@ def test_train_shipped_file_then_record_video_and_continue(tmp_path):
 
     # Continue with -i and a changed sigma: the new sigma is used and epsilon continues from 400 steps (not from 0)
     noise = "action_noise_kwargs:dict(sigma=0.3, min_epsilon=0.1, epsilon_decay_steps=4000)"
-    run_zoo(*train_args("--env", "Pendulum-v1", "-n", "200", "-i", str(run_dir / "Pendulum-v1.zip"),
-                        "-params", "learning_starts:100", noise), cwd=tmp_path)  # fmt: skip
+    run_zoo(
+        *train_args(
+            "--env",
+            "Pendulum-v1",
+            "-n",
+            "200",
+            "-i",
+            str(run_dir / "Pendulum-v1.zip"),
+            "-params",
+            "learning_starts:100",
+            noise,
+        ),
+        cwd=tmp_path,
+    )
     continued = PaperDDPG.load(tmp_path / "logs" / "paper_ddpg" / "Pendulum-v1_2" / "Pendulum-v1.zip")
     assert continued.num_timesteps == 200  # the zoo restarts the step counter...
     assert continued.action_noise.num_steps == 600  # ...the epsilon schedule does not
@@ -185,7 +207,12 @@ def test_custom_file_with_every_key_kind(tmp_path):
             "monitor_kwargs": "dict(info_keywords=())",
             "env_wrapper": [{"sb3_contrib.common.wrappers.TimeFeatureWrapper": {"max_steps": 200}}],
             "callback": [
-                {"stable_baselines3.common.callbacks.CheckpointCallback": {"save_freq": 50, "save_path": str(tmp_path / "ckpt")}}
+                {
+                    "stable_baselines3.common.callbacks.CheckpointCallback": {
+                        "save_freq": 50,
+                        "save_path": str(tmp_path / "ckpt"),
+                    }
+                }
             ],
             "action_noise_kwargs": "dict(theta=0.3, sigma=0.4, dt=0.5, min_epsilon=0.2, epsilon_decay_steps=1000)",
         }
@@ -233,17 +260,34 @@ def test_custom_file_with_every_key_kind(tmp_path):
         atexit.register(lambda: print("REPLAY BUFFER SIZES", sizes))
         """
     )
-    result = run_zoo("enjoy", "--algo", "paper_ddpg", "--env", "Pendulum-v1", "-f", "logs", "--no-render", "-n", "400",
-                     "--num-threads", "1", cwd=tmp_path, prelude=probe)  # fmt: skip
+    result = run_zoo(
+        "enjoy",
+        "--algo",
+        "paper_ddpg",
+        "--env",
+        "Pendulum-v1",
+        "-f",
+        "logs",
+        "--no-render",
+        "-n",
+        "400",
+        "--num-threads",
+        "1",
+        cwd=tmp_path,
+        prelude=probe,
+    )
     assert "2 Episodes" in result.stdout and "Mean reward:" in result.stdout
     assert "REPLAY BUFFER SIZES [1]" in result.stdout
 
-
     # frame_stack (not together with normalize: the zoo stacks after VecNormalize, whose unstacked original
     # observations SB3's off-policy algorithms store, a limitation of rl_zoo3 + SB3 for every off-policy algorithm)
-    run_zoo(*train_args("--env", "Pendulum-v1", "-conf", "custom.yml", "-n", "200", "-params", "frame_stack:2", "normalize:False"),
-            cwd=tmp_path)  # fmt: skip
-    stacked = PaperDDPG.load(tmp_path / "logs" / "paper_ddpg" / "Pendulum-v1_2" / "Pendulum-v1.zip", custom_objects=NO_SCHEDULES)
+    run_zoo(
+        *train_args("--env", "Pendulum-v1", "-conf", "custom.yml", "-n", "200", "-params", "frame_stack:2", "normalize:False"),
+        cwd=tmp_path,
+    )
+    stacked = PaperDDPG.load(
+        tmp_path / "logs" / "paper_ddpg" / "Pendulum-v1_2" / "Pendulum-v1.zip", custom_objects=NO_SCHEDULES
+    )
     assert stacked.observation_space.shape == (8,)  # env_wrapper (time feature: 3 + 1), then 2 frames
 
 
@@ -273,19 +317,48 @@ def test_rl_zoo_own_ddpg_file_runs_unchanged(tmp_path, env_id, noise_class, sigm
 
 
 def test_optimize_two_trials_default_embedded_storage(tmp_path):
-    (tmp_path / "tiny.yml").write_text(yaml.safe_dump({"Pendulum-v1": {"n_timesteps": 300, "policy": "MlpPolicy",
-                                                                        "learning_starts": 100, "policy_kwargs": TINY}}))  # fmt: skip
-    result = run_zoo(*train_args("--env", "Pendulum-v1", "-conf", "tiny.yml", "-optimize", "--n-trials", "2",
-                                 "--n-evaluations", "1", "--eval-episodes", "1", "--no-optim-plots", "--pruner", "none"),
-                     cwd=tmp_path)  # fmt: skip
+    (tmp_path / "tiny.yml").write_text(
+        yaml.safe_dump(
+            {"Pendulum-v1": {"n_timesteps": 300, "policy": "MlpPolicy", "learning_starts": 100, "policy_kwargs": TINY}}
+        )
+    )
+    result = run_zoo(
+        *train_args(
+            "--env",
+            "Pendulum-v1",
+            "-conf",
+            "tiny.yml",
+            "-optimize",
+            "--n-trials",
+            "2",
+            "--n-evaluations",
+            "1",
+            "--eval-episodes",
+            "1",
+            "--no-optim-plots",
+            "--pruner",
+            "none",
+        ),
+        cwd=tmp_path,
+    )
     storage_path = tmp_path / "logs" / "paper_ddpg" / "optuna" / "Pendulum-v1.log"
     assert "in logs/paper_ddpg/optuna/Pendulum-v1.log" in result.stdout
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(storage_path)))
     study = optuna.load_study(study_name="paper_ddpg_Pendulum-v1", storage=storage)
     trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     assert len(trials) == 2 and all(np.isfinite(t.value) and t.value < 0 for t in trials)
-    expected = {"learning_rate", "qf_learning_rate", "tau", "batch_size", "critic_weight_decay", "batch_norm",
-                "ou_sigma", "ou_theta", "epsilon_decay_steps", "min_epsilon"}  # fmt: skip
+    expected = {
+        "learning_rate",
+        "qf_learning_rate",
+        "tau",
+        "batch_size",
+        "critic_weight_decay",
+        "batch_norm",
+        "ou_sigma",
+        "ou_theta",
+        "epsilon_decay_steps",
+        "min_epsilon",
+    }
     assert all(set(t.params) == expected for t in trials)
     assert glob.glob(str(tmp_path / "logs" / "paper_ddpg" / "report_Pendulum-v1_2-trials-300-tpe-none_*.csv"))
 
@@ -319,7 +392,9 @@ def _postgres_binary(name: str) -> str:
     candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), key=lambda p: int(p.split("/")[4]))
     found = candidates[-1] if candidates else shutil.which(name)
     if found is None:
-        pytest.fail(f"PostgreSQL server binary {name!r} not found: install it with .ci/setup-postgres.sh (as root; .ci/run does).")
+        pytest.fail(
+            f"PostgreSQL server binary {name!r} not found: install it with .ci/setup-postgres.sh (as root; .ci/run does)."
+        )
     return found
 
 
@@ -343,11 +418,15 @@ def postgres_url():
         os.chown(directory, user.pw_uid, user.pw_gid)
         as_postgres = ["runuser", "-u", "postgres", "--"]
     data, port = os.path.join(directory, "data"), _free_port()
-    subprocess.run([*as_postgres, initdb, "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8"],
-                   check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [*as_postgres, initdb, "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8"], check=True, capture_output=True
+    )
     options = f"-p {port} -k {directory} -c listen_addresses=127.0.0.1 -c fsync=off"
-    subprocess.run([*as_postgres, pg_ctl, "-D", data, "-o", options, "-l", os.path.join(directory, "server.log"), "-w", "start"],
-                   check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [*as_postgres, pg_ctl, "-D", data, "-o", options, "-l", os.path.join(directory, "server.log"), "-w", "start"],
+        check=True,
+        capture_output=True,
+    )
     try:
         yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
     finally:
@@ -356,17 +435,49 @@ def postgres_url():
 
 
 def test_two_workers_share_one_study_on_postgresql(tmp_path, postgres_url):
-    (tmp_path / "tiny.yml").write_text(yaml.safe_dump({"Pendulum-v1": {"n_timesteps": 250, "policy": "MlpPolicy",
-                                                                        "learning_starts": 100, "policy_kwargs": TINY}}))  # fmt: skip
+    (tmp_path / "tiny.yml").write_text(
+        yaml.safe_dump(
+            {"Pendulum-v1": {"n_timesteps": 250, "policy": "MlpPolicy", "learning_starts": 100, "policy_kwargs": TINY}}
+        )
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
     workers = []
     for worker in range(2):
-        args = train_args("--env", "Pendulum-v1", "-conf", "tiny.yml", "-optimize", "--n-trials", "2", "--n-evaluations", "1",
-                          "--eval-episodes", "1", "--no-optim-plots", "--pruner", "none", "--sampler", "random",
-                          "--storage", postgres_url, "--study-name", "shared", "-f", f"logs{worker}")  # fmt: skip
-        workers.append(subprocess.Popen([sys.executable, "-m", "sb3_ddpg_paper.zoo", *args], cwd=tmp_path, env=env,
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))  # fmt: skip
+        args = train_args(
+            "--env",
+            "Pendulum-v1",
+            "-conf",
+            "tiny.yml",
+            "-optimize",
+            "--n-trials",
+            "2",
+            "--n-evaluations",
+            "1",
+            "--eval-episodes",
+            "1",
+            "--no-optim-plots",
+            "--pruner",
+            "none",
+            "--sampler",
+            "random",
+            "--storage",
+            postgres_url,
+            "--study-name",
+            "shared",
+            "-f",
+            f"logs{worker}",
+        )
+        workers.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "sb3_ddpg_paper.zoo", *args],
+                cwd=tmp_path,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     outputs = [worker.communicate(timeout=600)[0] for worker in workers]
     for worker, output in zip(workers, outputs, strict=True):
         assert worker.returncode == 0, output[-5000:]

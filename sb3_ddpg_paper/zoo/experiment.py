@@ -24,7 +24,9 @@ ALGO_NAME = "paper_ddpg"
 #: The hyperparameter file used for ``--algo paper_ddpg`` when no ``-conf`` is given.
 DEFAULT_HYPERPARAMS = Path(__file__).parent / "hyperparams" / f"{ALGO_NAME}.yml"
 # Arguments of OrnsteinUhlenbeckNoise a hyperparameter file may set (the others come from the algorithm)
-NOISE_KEYS = tuple(p for p in inspect.signature(OrnsteinUhlenbeckNoise).parameters if p not in ("action_dim", "n_envs", "seed"))
+NOISE_KEYS = tuple(
+    p for p in inspect.signature(OrnsteinUhlenbeckNoise).parameters if p not in ("action_dim", "n_envs", "seed")
+)
 
 
 def is_paper_ddpg(algo: str) -> bool:

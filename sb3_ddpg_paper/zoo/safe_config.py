@@ -168,7 +168,7 @@ def _evaluate(node: ast.AST) -> Any:  # noqa: C901
         if any(keyword.arg is None for keyword in node.keywords) or any(isinstance(a, ast.Starred) for a in node.args):
             raise _Refused(node, "'*'/'**' unpacking")
         args = [_evaluate(arg) for arg in node.args]
-        kwargs = {keyword.arg: _evaluate(keyword.value) for keyword in node.keywords}
+        kwargs = {str(keyword.arg): _evaluate(keyword.value) for keyword in node.keywords}
         try:
             return _CONTAINER_CALLS[node.func.id](*args, **kwargs)
         except TypeError as error:
