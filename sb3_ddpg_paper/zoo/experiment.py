@@ -3,11 +3,14 @@
 import functools
 import inspect
 import os
+import random
+import time
 import warnings
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+import optuna
 from rl_zoo3.exp_manager import ExperimentManager
 from rl_zoo3.hyperparams_opt import HYPERPARAMS_SAMPLER
 from rl_zoo3.utils import ALGOS, SimpleLinearSchedule
@@ -59,6 +62,21 @@ def check_paper_hyperparams(hyperparams: dict[str, Any]) -> None:
                 "Both noise_type (the zoo's SB3 noise) and action_noise_kwargs (the package's Ornstein-Uhlenbeck noise) "
                 "are set: keep one of them."
             )
+
+
+def prepare_rdb_storage(url: str, attempts: int = 5) -> None:
+    """
+    Create Optuna's tables in a database (PostgreSQL, MySQL, ...) with retries: workers that start at the same time on
+    an empty database race to create them, and the loser gets an integrity error from the server.
+    """
+    for attempt in range(attempts):
+        try:
+            optuna.storages.RDBStorage(url)
+            return
+        except Exception:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5 + random.random() * (attempt + 1))
 
 
 class PaperExperimentManager(ExperimentManager):
@@ -153,6 +171,8 @@ class PaperExperimentManager(ExperimentManager):
 
     # ------------------------------------------------------------------ tuning
     def hyperparameters_optimization(self) -> None:
+        if self.storage is not None and "://" in self.storage and not self.storage.startswith("sqlite"):
+            prepare_rdb_storage(self.storage)
         if is_paper_ddpg(self.algo):
             # The sampler merges its policy_kwargs / action_noise_kwargs into the file's instead of replacing them
             HYPERPARAMS_SAMPLER[self.algo] = functools.partial(sample_paper_ddpg_params, base_hyperparams=self._hyperparams)
