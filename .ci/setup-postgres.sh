@@ -2,7 +2,7 @@
 # PostgreSQL server binaries for tests/test_zoo.py (distributed Optuna tuning through a real server on loopback).
 # Run as root by .ci/run before the tests. The test fixture creates, starts and removes its own throwaway cluster
 # (initdb in a temporary directory, run as the `postgres` user, on a free loopback port): nothing is started here.
-# The Python driver (psycopg2-binary) is a pip dependency of the `zoo` extra.
+# The Python driver (psycopg 3, the default of SQLAlchemy 2.1 for postgresql:// URLs) is a pip dependency of the `zoo` extra.
 set -euo pipefail
 
 if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1; then
