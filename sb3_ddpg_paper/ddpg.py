@@ -199,7 +199,7 @@ class PaperDDPG(OffPolicyAlgorithm):
         _init_setup_model: bool = True,
     ):
         policy, env = self._resolve_policy_and_env(policy, env)
-        defaults = self.defaults_for(env.observation_space if env is not None else None)
+        defaults = self.defaults_for(None if env is None or isinstance(env, str) else env.observation_space)
         buffer_size = defaults["buffer_size"] if buffer_size is None else buffer_size
         batch_size = defaults["batch_size"] if batch_size is None else batch_size
         self._check_hyperparameters(
