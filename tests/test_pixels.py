@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from typing import ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -178,7 +179,7 @@ def test_conv_batch_norm_uses_batch_statistics_in_training_and_running_statistic
 class CountingEnv(gym.Env):
     """Counts simulation steps; renders a 30x40 image filled with the step count; reward = step count."""
 
-    metadata = {"render_modes": ["rgb_array"], "render_fps": 30}
+    metadata: ClassVar[dict] = {"render_modes": ["rgb_array"], "render_fps": 30}
 
     def __init__(self, render_mode="rgb_array", terminate_at=None):
         self.render_mode = render_mode
@@ -256,7 +257,7 @@ def test_registered_pixel_envs_render_headless(env_id):
     obs, _ = env.reset(seed=0)
     assert obs.shape == (9, 64, 64) and obs.dtype == np.uint8
     for _ in range(3):
-        obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
+        obs, reward, terminated, _, info = env.step(env.action_space.sample())
     assert isinstance(reward, float) and info["action_repeats"] in (1, 2, 3)
     assert obs.std() > 0  # a real picture, not a blank render
     assert not np.array_equal(obs[:3], obs[6:]) or terminated  # the renders follow the simulation
