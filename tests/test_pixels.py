@@ -1,7 +1,9 @@
 """Learning from pixels as the paper did (Lillicrap et al. 2016, sec. 7): network, wrapper, defaults, training."""
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import ClassVar
 
 import gymnasium as gym
@@ -10,12 +12,14 @@ import pytest
 import torch as th
 from gymnasium import spaces
 from gymnasium.wrappers import TimeLimit
+from PIL import Image
 from torch import nn
 
 from sb3_ddpg_paper import CnnPolicy, PaperCNN, PaperDDPG, ddpg_conv2d_block
 from sb3_ddpg_paper.envs import PIXEL_ENV_IDS, PixelObservation, make_pixel_env
 from sb3_ddpg_paper.torch_layers import PIXEL_FINAL_LAYER_INIT_BOUND, batch_norm_modules
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
 PIXEL_PENDULUM = "sb3_ddpg_paper/PixelPendulum-v1"
 OBS_SPACE = spaces.Box(0, 255, (9, 64, 64), np.uint8)
 ACTION_SPACE = spaces.Box(-2.0, 2.0, (1,), np.float32)
@@ -345,3 +349,20 @@ def test_cnn_policy_model_save_load_round_trip(tmp_path):
     model.policy.save(tmp_path / "policy.pth")
     policy = CnnPolicy.load(tmp_path / "policy.pth")
     np.testing.assert_allclose(policy.predict(obs)[0], model.predict(obs)[0])
+
+
+def test_pixels_pendulum_example_trains_from_pixels_and_writes_a_gif(tmp_path):
+    args = ["--steps", "34", "--learning-starts", "30", "--buffer-size", "100", "--gif-steps", "5"]
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "examples" / "pixels_pendulum.py"), *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        # This checkout's package, headless, one thread
+        env={"OMP_NUM_THREADS": "1", "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(REPO_ROOT)},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "policy CnnPolicy, batch 16" in result.stdout
+    with Image.open(tmp_path / "pixels_pendulum.gif") as image:
+        assert image.format == "GIF" and image.size == (256, 256) and image.n_frames == 5
