@@ -2,7 +2,8 @@
 Learning curve of PaperDDPG (paper defaults) from pixels vs. low-dimensional observations: evaluation return without
 exploration noise at regular step counts, for several seeds trained round-robin in one process (so that every seed
 reaches the same step count when time runs out). Each evaluation is appended to a CSV at once, so partial results
-survive an interrupted run.
+survive an interrupted run. Speed is recorded per chunk both as wall-clock steps/s and as steps per CPU-second of the
+process (its speed on one idle core, independent of the load of a shared machine).
 
 python benchmarks/pixels_learning_curve.py --env sb3_ddpg_paper/PixelPendulum-v1 --seeds 0 1 --steps 100000 \
     --eval-every 2500 --csv docs/results/pixels_pendulum.csv
@@ -21,7 +22,17 @@ from stable_baselines3.common.monitor import Monitor
 import sb3_ddpg_paper  # noqa: F401  (registers the sb3_ddpg_paper/Pixel* ids)
 from sb3_ddpg_paper import PaperDDPG
 
-FIELDS = ["env", "seed", "steps", "eval_return_mean", "eval_return_std", "eval_episodes", "train_seconds", "steps_per_s"]
+FIELDS = [
+    "env",
+    "seed",
+    "steps",
+    "eval_return_mean",
+    "eval_return_std",
+    "eval_episodes",
+    "train_seconds",
+    "steps_per_s",
+    "steps_per_cpu_s",
+]
 
 
 def main() -> None:
@@ -49,7 +60,7 @@ def main() -> None:
             eval_envs[seed] = Monitor(gym.make(args.env))
             eval_envs[seed].reset(seed=10_000 + seed)
 
-        def evaluate(seed: int, steps: int, seconds: float, steps_per_s: float) -> None:
+        def evaluate(seed: int, steps: int, seconds: float, steps_per_s: float, steps_per_cpu_s: float) -> None:
             mean, std = evaluate_policy(models[seed], eval_envs[seed], n_eval_episodes=args.eval_episodes, deterministic=True)
             row = dict(
                 env=args.env,
@@ -60,6 +71,7 @@ def main() -> None:
                 eval_episodes=args.eval_episodes,
                 train_seconds=round(seconds, 1),
                 steps_per_s=round(steps_per_s, 2),
+                steps_per_cpu_s=round(steps_per_cpu_s, 2),
             )
             writer.writerow(row)
             handle.flush()
@@ -67,14 +79,15 @@ def main() -> None:
 
         train_seconds = dict.fromkeys(args.seeds, 0.0)
         for seed in args.seeds:
-            evaluate(seed, 0, 0.0, 0.0)
+            evaluate(seed, 0, 0.0, 0.0, 0.0)
         for steps in range(args.eval_every, args.steps + 1, args.eval_every):
             for seed in args.seeds:
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), time.process_time()
                 models[seed].learn(args.eval_every, reset_num_timesteps=False)
-                elapsed = time.perf_counter() - start
+                elapsed, cpu = time.perf_counter() - start, time.process_time() - start_cpu
                 train_seconds[seed] += elapsed
-                evaluate(seed, steps, train_seconds[seed], args.eval_every / elapsed)
+                # steps per CPU-second: what one idle core would do, whatever else the machine runs
+                evaluate(seed, steps, train_seconds[seed], args.eval_every / elapsed, args.eval_every / cpu)
 
 
 if __name__ == "__main__":
