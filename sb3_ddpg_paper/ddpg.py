@@ -74,6 +74,52 @@ def _raise_if_non_finite(what: str, values: Any, num_timesteps: int, env_index: 
     )
 
 
+def _space_nbytes(space: spaces.Space) -> int:
+    if isinstance(space, spaces.Dict):
+        return sum(_space_nbytes(subspace) for subspace in space.spaces.values())
+    return int(np.prod(space.shape or (1,))) * np.dtype(space.dtype or np.float32).itemsize
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory available to new allocations (psutil if installed, else /proc/meminfo), None if unknown."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _check_replay_buffer_fits(
+    buffer_size: int, observation_space: spaces.Space, action_space: spaces.Space, optimize_memory_usage: bool, n_envs: int
+) -> None:
+    """
+    Refuse a replay buffer larger than the available memory. SB3 allocates it lazily (np.zeros) and only warns when
+    psutil is installed, so an oversized pixel buffer would otherwise crash hours into training when it fills up.
+    """
+    n_transitions = max(buffer_size // n_envs, 1) * n_envs
+    # observations (s and s', or s only with optimize_memory_usage), actions, rewards, dones and timeouts (float32)
+    per_transition = (1 if optimize_memory_usage else 2) * _space_nbytes(observation_space)
+    per_transition += _space_nbytes(action_space) + 3 * 4
+    needed, available = n_transitions * per_transition, _available_memory()
+    if available is not None and needed > available:
+        fits = max(available // per_transition, 1)
+        raise ValueError(
+            f"The replay buffer would need {needed / 1e9:.1f} GB ({n_transitions} transitions of {per_transition} bytes) "
+            f"but only {available / 1e9:.1f} GB of memory is available. Pass a smaller buffer_size (at most about {fits}, "
+            "leaving room for the rest), e.g. PaperDDPG(..., buffer_size=50_000) or, when loading a model, "
+            "PaperDDPG.load(path, buffer_size=...)."
+        )
+
+
 class PaperDDPG(OffPolicyAlgorithm):
     """
     Deep Deterministic Policy Gradient as published: Lillicrap et al. 2016, Algorithm 1 and sec. 7.
@@ -92,10 +138,13 @@ class PaperDDPG(OffPolicyAlgorithm):
     :param env: The environment to learn from (if registered in Gym, can be str)
     :param learning_rate: learning rate of the actor's Adam optimizer (paper: 1e-4);
         it can be a function of the current progress remaining (from 1 to 0)
-    :param buffer_size: size of the replay buffer
+    :param buffer_size: size of the replay buffer. ``None``: the paper's 1e6 for low-dimensional observations,
+        ``pixel_defaults["buffer_size"]`` (1e5) for images, whose 1e6 transitions would need ~74 GB (docs/pixels.md).
+        A buffer that cannot fit in the available memory is refused with an error.
     :param learning_starts: how many steps of the model to collect transitions for before learning starts
         (the paper does not say; during these steps actions are uniformly random)
-    :param batch_size: Minibatch size for each gradient update (paper: 64 low-dimensional, 16 pixels)
+    :param batch_size: Minibatch size for each gradient update. ``None``: the paper's 64 for low-dimensional
+        observations, 16 for images (``low_dim_defaults`` / ``pixel_defaults``)
     :param tau: the soft update coefficient ("Polyak update", between 0 and 1; paper: 1e-3)
     :param gamma: the discount factor
     :param train_freq: Update the model every ``train_freq`` steps. Alternatively pass a tuple of frequency and unit
@@ -143,6 +192,12 @@ class PaperDDPG(OffPolicyAlgorithm):
         "CnnPolicy": CnnPolicy,
         "MultiInputPolicy": MultiInputPolicy,
     }
+    # Defaults that depend on the observation space, used when buffer_size / batch_size are None.
+    # Lillicrap et al. 2016, sec. 7: minibatch 64 low-dimensional, 16 pixels; replay buffer 1e6. The pixel buffer is
+    # smaller: 1e6 transitions of 9x64x64 uint8 observations (stored twice, s and s') need ~74 GB (docs/pixels.md).
+    low_dim_defaults: ClassVar[dict[str, int]] = {"buffer_size": 1_000_000, "batch_size": 64}
+    pixel_defaults: ClassVar[dict[str, int]] = {"buffer_size": 100_000, "batch_size": 16}
+
     policy: PaperDDPGPolicy
     actor: Actor
     actor_target: Actor
@@ -154,9 +209,9 @@ class PaperDDPG(OffPolicyAlgorithm):
         policy: str | type[PaperDDPGPolicy] | None = None,
         env: GymEnv | str | None = None,
         learning_rate: float | Schedule = 1e-4,
-        buffer_size: int = 1_000_000,  # 1e6
+        buffer_size: int | None = None,  # None: low_dim_defaults or pixel_defaults
         learning_starts: int = 1000,
-        batch_size: int = 64,
+        batch_size: int | None = None,  # None: low_dim_defaults or pixel_defaults
         tau: float = 0.001,
         gamma: float = 0.99,
         train_freq: int | tuple[int, str] = 1,
@@ -184,6 +239,9 @@ class PaperDDPG(OffPolicyAlgorithm):
         _init_setup_model: bool = True,
     ):
         policy, env = self._resolve_policy_and_env(policy, env)
+        defaults = self.defaults_for(None if env is None or isinstance(env, str) else env.observation_space)
+        buffer_size = defaults["buffer_size"] if buffer_size is None else buffer_size
+        batch_size = defaults["batch_size"] if batch_size is None else batch_size
         self._check_hyperparameters(
             learning_rate=learning_rate,
             qf_learning_rate=qf_learning_rate,
@@ -277,6 +335,13 @@ class PaperDDPG(OffPolicyAlgorithm):
             return "CnnPolicy"
         return "MlpPolicy"
 
+    @classmethod
+    def defaults_for(cls, observation_space: spaces.Space | None) -> dict[str, int]:
+        """``pixel_defaults`` for image observations, ``low_dim_defaults`` otherwise (and without an environment)."""
+        if observation_space is not None and is_image_space(observation_space, check_channels=False):
+            return dict(cls.pixel_defaults)
+        return dict(cls.low_dim_defaults)
+
     @staticmethod
     def _check_hyperparameters(**hp: Any) -> None:
         """Refuse out-of-range hyperparameters before anything is built, naming the parameter and what is accepted."""
@@ -347,6 +412,10 @@ class PaperDDPG(OffPolicyAlgorithm):
 
     # ------------------------------------------------------------------ SB3 hooks
     def _setup_model(self) -> None:
+        if self.replay_buffer is None:
+            _check_replay_buffer_fits(
+                self.buffer_size, self.observation_space, self.action_space, self.optimize_memory_usage, self.n_envs
+            )
         super()._setup_model()
         self.qf_lr_schedule = FloatSchedule(self.qf_learning_rate)
         self._create_aliases()

@@ -10,7 +10,6 @@ from stable_baselines3.common.torch_layers import (
     BaseFeaturesExtractor,
     CombinedExtractor,
     FlattenExtractor,
-    NatureCNN,
     get_actor_critic_arch,
 )
 from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
@@ -19,6 +18,8 @@ from torch import nn
 from sb3_ddpg_paper.fast_paths import make_optimizer
 from sb3_ddpg_paper.torch_layers import (
     FINAL_LAYER_INIT_BOUND,
+    PIXEL_FINAL_LAYER_INIT_BOUND,
+    PaperCNN,
     QNetwork,
     batch_norm_modules,
     create_actor_net,
@@ -513,13 +514,25 @@ MlpPolicy = PaperDDPGPolicy
 
 class CnnPolicy(PaperDDPGPolicy):
     """
-    PaperDDPGPolicy for image observations (default features extractor: SB3's ``NatureCNN``).
+    PaperDDPGPolicy for image observations: the paper's pixel networks (Lillicrap et al. 2016, sec. 7).
+
+    Defaults: each of actor, critic and their targets has its own conv tower (:class:`PaperCNN`: 3 conv layers of 32
+    filters, no pooling, ReLU, batch norm), followed by 2 fully connected layers of 200 units (``net_arch``); the
+    critic's action enters at the first fully connected layer (``action_layer=0``: "actions were not included until
+    the fully-connected layers"); final layers are initialised U(+-3e-4). The policy's ``batch_norm``,
+    ``batch_norm_momentum``, ``batch_norm_eps``, ``activation_fn`` and ``weight_init`` also configure the conv tower
+    unless ``features_extractor_kwargs`` sets them (``kernel_size``, ``stride``, ``padding``, ``filters``,
+    ``n_layers`` go there too). See docs/pixels.md.
 
     :param observation_space: Observation space
     :param action_space: Action space
     :param lr_schedule: Learning rate schedule of the actor
-    :param net_arch: The specification of the policy and value networks.
-    :param features_extractor_class: Features extractor to use.
+    :param net_arch: The specification of the policy and value networks (default ``[200, 200]``).
+    :param features_extractor_class: Features extractor to use (default :class:`PaperCNN`).
+    :param features_extractor_kwargs: Keyword arguments
+        to pass to the features extractor.
+    :param action_layer: Critic fully connected layer whose input receives the action (default 0: the first)
+    :param final_layer_init_bound: Final-layer weights and biases are drawn from U(-bound, bound) (default 3e-4)
     :param kwargs: every other argument of :class:`PaperDDPGPolicy`
     """
 
@@ -529,15 +542,30 @@ class CnnPolicy(PaperDDPGPolicy):
         action_space: spaces.Box,
         lr_schedule: Schedule,
         net_arch: list[int] | dict[str, list[int]] | None = None,
-        features_extractor_class: type[BaseFeaturesExtractor] = NatureCNN,
+        features_extractor_class: type[BaseFeaturesExtractor] = PaperCNN,
+        features_extractor_kwargs: dict[str, Any] | None = None,
+        action_layer: int = 0,
+        final_layer_init_bound: float = PIXEL_FINAL_LAYER_INIT_BOUND,
         **kwargs: Any,
     ):
+        if net_arch is None:
+            net_arch = [200, 200]  # Lillicrap et al. 2016, sec. 7: "two fully connected layers with 200 units"
+        if issubclass(features_extractor_class, PaperCNN):
+            # One switch for batch norm (and activation, init) in the whole network; explicit extractor kwargs win
+            shared = ("activation_fn", "batch_norm", "batch_norm_momentum", "batch_norm_eps", "weight_init")
+            features_extractor_kwargs = {
+                **{key: kwargs[key] for key in shared if key in kwargs},
+                **(features_extractor_kwargs or {}),
+            }
         super().__init__(
             observation_space,
             action_space,
             lr_schedule,
             net_arch=net_arch,
             features_extractor_class=features_extractor_class,
+            features_extractor_kwargs=features_extractor_kwargs,
+            action_layer=action_layer,
+            final_layer_init_bound=final_layer_init_bound,
             **kwargs,
         )
 

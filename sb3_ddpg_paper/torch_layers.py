@@ -10,6 +10,9 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 
 import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.preprocessing import is_image_space
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -234,3 +237,151 @@ class QNetwork(nn.Module):
 
     def forward(self, features: th.Tensor, actions: th.Tensor) -> th.Tensor:
         return self.joint_net(th.cat([self.state_net(features), actions], dim=1))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Pixels (Lillicrap et al. 2016, sec. 7): "When learning from pixels we used 3 convolutional layers (no pooling) with
+# 32 filters at each layer. This was followed by two fully connected layers with 200 units". Kernel size and stride
+# are not given anywhere: 3x3 with stride 2 (no padding) is this package's documented assumption (docs/pixels.md).
+
+
+def _conv_output_size(size: int, kernel_size: int, stride: int, padding: int) -> int:
+    return (size + 2 * padding - kernel_size) // stride + 1
+
+
+def ddpg_conv2d_block(
+    state_sz: Sequence[int],
+    filters: int = 32,
+    activation_fn: type[nn.Module] = nn.ReLU,
+    ignore_warning: bool = False,
+    *,
+    n_layers: int = 3,
+    kernel_size: int = 3,
+    stride: int = 2,
+    padding: int = 0,
+    batch_norm: bool = True,
+    bn_momentum: float = 0.1,
+    bn_eps: float = 1e-5,
+) -> tuple[nn.Sequential, int]:
+    """
+    The paper's convolutional tower (the reference notebook's ``ddpg_conv2d_block``, built with ``filters`` filters
+    per layer, not ``filters`` as kernel size): [BN(image)] -> (Conv -> [BN] -> activation) x ``n_layers`` -> Flatten.
+
+    Lillicrap et al. 2016, sec. 7: 3 convolutional layers of 32 filters, no pooling, ReLU, batch norm on the state
+    input and all layers before the action input. Batch-norm placement (Conv -> BN -> ReLU, the conv layer without
+    bias) mirrors the low-dimensional layers; kernel size and stride are not in the paper (default 3x3, stride 2).
+    Layers are initialised with the paper's U(+-1/sqrt(fan_in)).
+
+    :param state_sz: image shape, channels first: ``(channels, height, width)``
+    :param filters: number of filters of every conv layer (paper: 32)
+    :param activation_fn: activation after every conv layer (paper: ReLU)
+    :param ignore_warning: skip the channel-order check (for channels-first images with more channels than pixels
+        in a row, which the check would take for channels-last)
+    :param n_layers: number of conv layers (paper: 3)
+    :param kernel_size: kernel size of every conv layer (not in the paper; default 3)
+    :param stride: stride of every conv layer (not in the paper; default 2)
+    :param padding: zero padding of every conv layer (default 0)
+    :param batch_norm: batch norm on the input image and after every conv layer
+    :param bn_momentum: batch-norm momentum (PyTorch convention)
+    :param bn_eps: batch-norm epsilon
+    :return: the block (input: a float batch ``(N, C, H, W)``, output: ``(N, n_features)``) and ``n_features``
+    """
+    shape = tuple(int(s) for s in state_sz)
+    if len(shape) != 3:
+        raise ValueError(f"state_sz must be an image shape (channels, height, width), got {tuple(state_sz)}.")
+    channels, height, width = shape
+    # The notebook's check, for any number of channels: the channel axis is the smallest one (SB3's convention too).
+    if not ignore_warning and channels > min(height, width):
+        raise ValueError(
+            f"state_sz={shape} looks channels-last (height, width, channels): the conv block expects channels first, "
+            f"i.e. {(shape[2], shape[0], shape[1])}. Transpose the observations (np.transpose(obs, (2, 0, 1)), or "
+            "SB3's VecTransposeImage, which SB3 applies automatically to channels-last image spaces), or pass "
+            "ignore_warning=True if the shape really is channels first."
+        )
+    for name, value, minimum in (("filters", filters, 1), ("n_layers", n_layers, 1), ("kernel_size", kernel_size, 1)):
+        if int(value) != value or value < minimum:
+            raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+    if int(stride) != stride or stride < 1 or int(padding) != padding or padding < 0:
+        raise ValueError(f"stride must be an integer >= 1 and padding >= 0, got stride={stride!r}, padding={padding!r}.")
+
+    layers: list[nn.Module] = [nn.BatchNorm2d(channels, momentum=bn_momentum, eps=bn_eps)] if batch_norm else []
+    in_channels = channels
+    for _ in range(n_layers):
+        # No bias before a batch norm: BN's shift makes it redundant (as in the fully connected layers)
+        layers.append(nn.Conv2d(in_channels, filters, kernel_size, stride=stride, padding=padding, bias=not batch_norm))
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(filters, momentum=bn_momentum, eps=bn_eps))
+        layers.append(activation_fn())
+        in_channels = filters
+        height = _conv_output_size(height, kernel_size, stride, padding)
+        width = _conv_output_size(width, kernel_size, stride, padding)
+        if height < 1 or width < 1:
+            raise ValueError(
+                f"Images of shape {shape} are too small for {n_layers} conv layers with kernel_size={kernel_size}, "
+                f"stride={stride}, padding={padding}: use larger images, fewer layers or a smaller kernel/stride."
+            )
+    layers.append(nn.Flatten())
+    block = nn.Sequential(*layers)
+    init_fan_in_uniform(block)  # Lillicrap et al. 2016, sec. 7: hidden layers U(+-1/sqrt(fan_in))
+    return block, filters * height * width
+
+
+class PaperCNN(BaseFeaturesExtractor):
+    """
+    Features extractor of the paper's pixel networks: the conv tower of :func:`ddpg_conv2d_block` (3 layers of 32
+    filters, no pooling, ReLU, batch norm; Lillicrap et al. 2016, sec. 7). The two fully connected layers of 200
+    units that follow are the policy's ``net_arch`` (``CnnPolicy`` default ``[200, 200]``), so that the critic's action
+    can enter at the fully connected layers ("actions were not included until the fully-connected layers").
+
+    Images arrive scaled to [0, 1] (SB3's ``normalize_images``; the paper scales pixels to [0, 1] too).
+
+    :param observation_space: an image space, channels first (e.g. ``Box(0, 255, (9, 64, 64), uint8)``)
+    :param filters: filters per conv layer (paper: 32)
+    :param n_layers: number of conv layers (paper: 3)
+    :param kernel_size: kernel size (not in the paper; default 3)
+    :param stride: stride (not in the paper; default 2)
+    :param padding: zero padding (default 0)
+    :param activation_fn: activation after every conv layer
+    :param batch_norm: batch norm on the input image and after every conv layer
+    :param batch_norm_momentum: batch-norm momentum (PyTorch convention)
+    :param batch_norm_eps: batch-norm epsilon
+    :param weight_init: init of the conv layers: ``"fan_in_uniform"`` (the paper), ``"xavier_uniform"``,
+        ``"kaiming_normal"`` or a callable taking a module
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Box,
+        filters: int = 32,
+        n_layers: int = 3,
+        kernel_size: int = 3,
+        stride: int = 2,
+        padding: int = 0,
+        activation_fn: type[nn.Module] = nn.ReLU,
+        batch_norm: bool = True,
+        batch_norm_momentum: float = 0.1,
+        batch_norm_eps: float = 1e-5,
+        weight_init: str | Callable[[nn.Module], None] = "fan_in_uniform",
+    ):
+        if not is_image_space(observation_space, check_channels=False, normalized_image=True):
+            raise ValueError(
+                f"PaperCNN needs an image observation space (a 3-dimensional Box, channels first), got {observation_space}."
+            )
+        cnn, n_features = ddpg_conv2d_block(
+            observation_space.shape,
+            filters=filters,
+            activation_fn=activation_fn,
+            n_layers=n_layers,
+            kernel_size=kernel_size,
+            stride=stride,
+            padding=padding,
+            batch_norm=batch_norm,
+            bn_momentum=batch_norm_momentum,
+            bn_eps=batch_norm_eps,
+        )
+        super().__init__(observation_space, n_features)
+        get_weight_init(weight_init)(cnn)
+        self.cnn = cnn
+
+    def forward(self, observations: th.Tensor) -> th.Tensor:
+        return self.cnn(observations)
