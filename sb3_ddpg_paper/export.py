@@ -43,6 +43,7 @@ from torch import nn
 
 from sb3_ddpg_paper.checkpoints import atomic_write
 from sb3_ddpg_paper.policies import Actor, Critic, PaperDDPGPolicy
+from sb3_ddpg_paper.torch_layers import PaperCNN
 
 FORMAT = "sb3-ddpg-paper/exported-policy"
 VERSION = 1
@@ -52,12 +53,27 @@ FEATURES_EXTRACTORS: dict[str, type[BaseFeaturesExtractor]] = {
     "FlattenExtractor": FlattenExtractor,
     "NatureCNN": NatureCNN,
     "CombinedExtractor": CombinedExtractor,
+    "PaperCNN": PaperCNN,
 }
-_EXTRACTOR_KWARGS = {
+# Kinds of extractor keyword values: "int" (>= 1), "int0" (>= 0), bool, float, "activation" (a name of ACTIVATIONS)
+_EXTRACTOR_KWARGS: dict[str, dict[str, Any]] = {
     "FlattenExtractor": {},
-    "NatureCNN": {"features_dim": int, "normalized_image": bool},
-    "CombinedExtractor": {"cnn_output_dim": int, "normalized_image": bool},
+    "NatureCNN": {"features_dim": "int", "normalized_image": bool},
+    "CombinedExtractor": {"cnn_output_dim": "int", "normalized_image": bool},
+    "PaperCNN": {
+        "filters": "int",
+        "n_layers": "int",
+        "kernel_size": "int",
+        "stride": "int",
+        "padding": "int0",
+        "activation_fn": "activation",
+        "batch_norm": bool,
+        "batch_norm_momentum": float,
+        "batch_norm_eps": float,
+    },
 }
+# Keyword arguments that only affect the initial weights: irrelevant to a loaded network, left out of the file
+_INIT_ONLY_KWARGS = {"weight_init"}
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     cls.__name__: cls for cls in (nn.ReLU, nn.Tanh, nn.ELU, nn.LeakyReLU, nn.SiLU, nn.GELU, nn.Sigmoid, nn.Softplus)
 }
@@ -165,7 +181,12 @@ def _network_to_json(net: Actor | Critic, policy: PaperDDPGPolicy) -> dict[str, 
             f"Cannot export the features extractor {type(net.features_extractor).__qualname__}: the loader only rebuilds "
             f"{sorted(FEATURES_EXTRACTORS)} (a custom extractor would need its code, which export leaves out on purpose)."
         )
-    extractor_kwargs = dict(policy.features_extractor_kwargs)
+    extractor_kwargs = {k: v for k, v in policy.features_extractor_kwargs.items() if k not in _INIT_ONLY_KWARGS}
+    if "activation_fn" in extractor_kwargs:
+        extractor_activation = extractor_kwargs["activation_fn"]
+        if ACTIVATIONS.get(getattr(extractor_activation, "__name__", "")) is not extractor_activation:
+            raise ExportError(f"Cannot export the activation {extractor_activation}: supported {sorted(ACTIVATIONS)}.")
+        extractor_kwargs["activation_fn"] = extractor_activation.__name__
     allowed = _EXTRACTOR_KWARGS[extractor_name]
     if set(extractor_kwargs) - set(allowed):
         raise ExportError(f"Cannot export {extractor_name} kwargs {sorted(set(extractor_kwargs) - set(allowed))}.")
@@ -229,11 +250,19 @@ def _build_network(
     )
     allowed = _EXTRACTOR_KWARGS[extractor["class"]]
     _check_keys(extractor["kwargs"], f"{where}.features_extractor.kwargs", set(), frozenset(allowed))
+    extractor_kwargs: dict[str, Any] = {}
     for key, value in extractor["kwargs"].items():
-        if allowed[key] is int:
-            _int(value, f"{where}.features_extractor.kwargs.{key}", 1, MAX_WIDTH)
+        kind, key_where = allowed[key], f"{where}.features_extractor.kwargs.{key}"
+        if kind in ("int", "int0"):
+            extractor_kwargs[key] = _int(value, key_where, 1 if kind == "int" else 0, MAX_WIDTH)
+        elif kind is float:
+            extractor_kwargs[key] = _number(value, key_where)
+        elif kind == "activation":
+            _require(value in ACTIVATIONS, f"{key_where} must be one of {sorted(ACTIVATIONS)}")
+            extractor_kwargs[key] = ACTIVATIONS[value]
         else:
-            _require(isinstance(value, bool), f"{where}.features_extractor.kwargs.{key} must be true or false")
+            _require(isinstance(value, bool), f"{key_where} must be true or false")
+            extractor_kwargs[key] = value
     kwargs: dict[str, Any] = dict(
         observation_space=observation_space,
         action_space=action_space,
@@ -249,7 +278,7 @@ def _build_network(
         kwargs["action_layer"] = _int(obj["action_layer"], "critic.action_layer", 0, len(net_arch))
     try:
         with th.device(device):
-            features_extractor = FEATURES_EXTRACTORS[extractor["class"]](observation_space, **extractor["kwargs"])
+            features_extractor = FEATURES_EXTRACTORS[extractor["class"]](observation_space, **extractor_kwargs)
             _require(
                 features_extractor.features_dim == obj["features_dim"],
                 f"{where}.features_dim is {obj['features_dim']!r}, but the extractor gives {features_extractor.features_dim}",

@@ -10,7 +10,7 @@ import torch as th
 from gymnasium import spaces
 from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
-from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, NatureCNN
 
 from sb3_ddpg_paper import PaperDDPG
 from sb3_ddpg_paper.export import ExportError, _digest, export_policy, load_exported_policy
@@ -72,7 +72,11 @@ def test_exported_policy_reproduces_predict_exactly(trained, exported):
 @pytest.mark.parametrize(
     ("observation_space", "policy_kwargs"),
     [
-        (spaces.Box(0, 255, (36, 36, 3), np.uint8), dict(net_arch=[8], features_extractor_kwargs=dict(features_dim=16))),
+        (spaces.Box(0, 255, (3, 36, 36), np.uint8), dict(net_arch=[8], features_extractor_kwargs=dict(filters=4, padding=1))),
+        (
+            spaces.Box(0, 255, (36, 36, 3), np.uint8),
+            dict(net_arch=[8], features_extractor_class=NatureCNN, features_extractor_kwargs=dict(features_dim=16)),
+        ),
         (spaces.Dict({"pos": spaces.Box(-1, 1, (3,)), "vel": spaces.Box(-5, 5, (2,))}), dict(net_arch=[8, 8])),
     ],
 )
