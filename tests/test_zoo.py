@@ -470,6 +470,7 @@ def test_two_workers_share_one_study_on_postgresql(tmp_path, postgres_url):
             "-f",
             f"logs{worker}",
         )
+        args[args.index("--seed") + 1] = str(10 + worker)  # each worker its own sampler seed, as the docs advise
         workers.append(
             subprocess.Popen(
                 [sys.executable, "-m", "sb3_ddpg_paper.zoo", *args],
@@ -480,7 +481,13 @@ def test_two_workers_share_one_study_on_postgresql(tmp_path, postgres_url):
                 text=True,
             )
         )
-    outputs = [worker.communicate(timeout=600)[0] for worker in workers]
+    try:
+        outputs = [worker.communicate(timeout=1200)[0] for worker in workers]
+    finally:
+        for worker in workers:  # never leave a worker behind, whatever happened
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
     for worker, output in zip(workers, outputs, strict=True):
         assert worker.returncode == 0, output[-5000:]
     study = optuna.load_study(study_name="shared", storage=postgres_url)
