@@ -358,6 +358,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         summary[env_id] = env_summary
 
     long_run: dict[str, Any] = {}
+    _write(args.out, dict(header=header, runs=runs, summary=summary, long_run=long_run))  # in case the long run is cut
     if args.long_steps:
         print(f"\nLong run: PaperDDPG paper defaults on {args.long_env}, {args.long_steps} training steps")
         model = make_d(args.long_env, args.seed, args.device)
@@ -371,10 +372,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"median of the last half / first half: {long_run['last_half_over_first_half']:.2f}")
 
     output = dict(header=header, runs=runs, summary=summary, long_run=long_run)
-    with open(args.out, "w") as file:
-        json.dump(output, file, indent=2)
+    _write(args.out, output)
     print(f"\nwrote {args.out}")
     return output
+
+
+def _write(path: str, output: dict[str, Any]) -> None:
+    with open(path, "w") as file:
+        json.dump(output, file, indent=2)
 
 
 if __name__ == "__main__":
