@@ -345,8 +345,12 @@ def _order(configs: Iterable[str]) -> list[str]:
     return sorted(configs, key=lambda c: (known.index(c) if c in known else len(known), c))
 
 
-def write_report(csv_path: Path, out_dir: Path) -> list[Path]:
-    """Plots (one PNG per env) and ``tables.md`` from the CSV alone."""
+def write_report(csv_path: Path, out_dir: Path, at_steps: Sequence[int] | None = None) -> list[Path]:
+    """
+    Plots (one PNG per env) and ``tables.md`` from the CSV alone.
+
+    :param at_steps: also tabulate, per env, config and seed, the evaluation return at these steps
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -400,6 +404,18 @@ def write_report(csv_path: Path, out_dir: Path) -> list[Path]:
                 f"| {config} | {len(cell['seeds'])} | {cell['final_mean']:.1f} +- {cell['final_std']:.1f} | "
                 f"{cell['auc_mean']:.1f} +- {cell['auc_std']:.1f} | {cell['seconds']:.0f} | {cell['steps_per_second']:.0f} |"
             )
+        if at_steps:
+            lines += [
+                "",
+                "| config | seed | " + " | ".join(f"{step:,}" for step in at_steps) + " |",
+                "|---|---|" + "---|" * len(at_steps),
+            ]
+            for config in configs:
+                cell = summary[(env, config)]
+                steps = list(cell["steps"])
+                for seed, curve in zip(cell["seeds"], cell["returns"], strict=True):
+                    values = [f"{curve[steps.index(step)]:.0f}" if step in steps else "" for step in at_steps]
+                    lines.append(f"| {config} | {seed} | " + " | ".join(values) + " |")
     tables = out_dir / "tables.md"
     tables.write_text("\n".join(lines) + "\n")
     written.append(tables)
@@ -423,12 +439,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--eval-freq", type=int, help="override the evaluation interval")
     parser.add_argument("--eval-episodes", type=int, default=10)
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="runs in parallel (default: cores)")
+    parser.add_argument("--at", help="report: also tabulate the return of every seed at these steps (comma-separated)")
     parser.add_argument("--no-report", action="store_true", help="run without writing plots and tables afterwards")
     args = parser.parse_args(argv)
     csv_path = args.csv or args.out / CSV_NAME
 
     if args.command == "report":
-        for path in write_report(csv_path, args.out):
+        for path in write_report(csv_path, args.out, _csv_list(args.at, int)):
             print(f"wrote {path}")
         return 0
     runs = plan(
