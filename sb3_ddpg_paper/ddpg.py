@@ -695,8 +695,8 @@ class PaperDDPG(OffPolicyAlgorithm):
         self.policy.set_training_mode(False)  # batch norm: running statistics while acting (Lillicrap et al. 2016, sec. 3)
         obs_tensor = th.as_tensor(observation if vectorized else observation[np.newaxis], dtype=th.float32, device=self.device)
         with th.no_grad():
-            actions = self.policy._predict(obs_tensor, deterministic=deterministic)
-        actions = self.policy.unscale_action(actions.cpu().numpy().reshape((-1, *self.action_space.shape)))  # type: ignore[misc]
+            scaled_actions = self.policy._predict(obs_tensor, deterministic=deterministic).cpu().numpy()
+        actions = self.policy.unscale_action(scaled_actions.reshape((-1, *self.action_space.shape)))  # type: ignore[misc, arg-type]
         return (actions if vectorized else actions.squeeze(axis=0)), state
 
     def dump_logs(self) -> None:

@@ -186,7 +186,7 @@ def _network_to_json(net: Actor | Critic, policy: PaperDDPGPolicy) -> dict[str, 
         extractor_activation = extractor_kwargs["activation_fn"]
         if ACTIVATIONS.get(getattr(extractor_activation, "__name__", "")) is not extractor_activation:
             raise ExportError(f"Cannot export the activation {extractor_activation}: supported {sorted(ACTIVATIONS)}.")
-        extractor_kwargs["activation_fn"] = extractor_activation.__name__
+        extractor_kwargs["activation_fn"] = extractor_activation.__name__  # type: ignore[union-attr]
     allowed = _EXTRACTOR_KWARGS[extractor_name]
     if set(extractor_kwargs) - set(allowed):
         raise ExportError(f"Cannot export {extractor_name} kwargs {sorted(set(extractor_kwargs) - set(allowed))}.")
