@@ -317,6 +317,13 @@ def test_rl_zoo_own_ddpg_file_runs_unchanged(tmp_path, env_id, noise_class, sigm
     assert [layer.out_features for layer in model.policy.actor.mu if isinstance(layer, nn.Linear)] == [400, 300, 1]
 
 
+# Two short trials on tiny.yml (written by each tuning test), one evaluation each, no pruning
+TINY_OPTIMIZE_ARGS = (
+    "--env", "Pendulum-v1", "-conf", "tiny.yml", "-optimize", "--n-trials", "2", "--n-evaluations", "1",
+    "--eval-episodes", "1", "--no-optim-plots", "--pruner", "none",
+)  # fmt: skip
+
+
 def test_optimize_two_trials_default_embedded_storage(tmp_path):
     (tmp_path / "tiny.yml").write_text(
         yaml.safe_dump(
@@ -325,20 +332,7 @@ def test_optimize_two_trials_default_embedded_storage(tmp_path):
     )
     result = run_zoo(
         *train_args(
-            "--env",
-            "Pendulum-v1",
-            "-conf",
-            "tiny.yml",
-            "-optimize",
-            "--n-trials",
-            "2",
-            "--n-evaluations",
-            "1",
-            "--eval-episodes",
-            "1",
-            "--no-optim-plots",
-            "--pruner",
-            "none",
+            *TINY_OPTIMIZE_ARGS,
         ),
         cwd=tmp_path,
     )
@@ -447,20 +441,7 @@ def test_two_workers_share_one_study_on_postgresql(tmp_path, postgres_url):
     workers = []
     for worker in range(2):
         args = train_args(
-            "--env",
-            "Pendulum-v1",
-            "-conf",
-            "tiny.yml",
-            "-optimize",
-            "--n-trials",
-            "2",
-            "--n-evaluations",
-            "1",
-            "--eval-episodes",
-            "1",
-            "--no-optim-plots",
-            "--pruner",
-            "none",
+            *TINY_OPTIMIZE_ARGS,
             "--sampler",
             "random",
             "--storage",
