@@ -20,15 +20,17 @@ seeds, area under the curve, wall time and training steps/s per run).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
+import fcntl
 import multiprocessing as mp
 import os
 import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -267,6 +269,18 @@ def write_rows(csv_path: Path, rows: Iterable[dict[str, Any]]) -> None:
         raise
 
 
+@contextlib.contextmanager
+def locked(csv_path: Path) -> Iterator[None]:
+    """Hold an exclusive lock (``<csv>.lock``) for a read-modify-write of the CSV shared by several matrix processes."""
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(csv_path.with_name(f".{csv_path.name}.lock"), "w") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+
 def completed(rows: Iterable[dict[str, Any]]) -> set[tuple[str, str, int]]:
     """Keys of the runs whose evaluations reach their budget."""
     last: dict[tuple[str, str, int], int] = {}
@@ -298,8 +312,9 @@ def run_matrix(runs: list[Run], csv_path: Path, jobs: int, log: Callable[[str], 
                 log(f"FAILED {run.key}: {error}")
                 continue
             assert rows is not None
-            kept = [row for row in read_rows(csv_path) if (row["config"], row["env"], row["seed"]) != run.key]
-            write_rows(csv_path, kept + rows)
+            with locked(csv_path):  # other matrix processes (other --envs) may share this CSV
+                kept = [row for row in read_rows(csv_path) if (row["config"], row["env"], row["seed"]) != run.key]
+                write_rows(csv_path, kept + rows)
             (progress_dir / f"{run.config}__{run.env}__{run.seed}.csv").unlink(missing_ok=True)
             seconds = rows[-1]["train_seconds"]
             log(

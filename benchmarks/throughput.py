@@ -1,8 +1,9 @@
 """
 Training throughput of PaperDDPG against SB3's DDPG and a bare PyTorch loop (issue 5).
 
-In ONE process, with one torch thread, the runs alternate A B C D A B C D ... so that machine noise (other processes on
-a shared machine) hits every contender alike; the ratios are medians over the interleaved pairs:
+In ONE process, with one torch thread, the contenders of a round train side by side and take turns every ``--slice``
+(100) steps, A B C D A B C D ..., so that machine noise (other processes, a shared VM's drifting CPU speed) hits every
+contender alike; the ratios are computed per round ("pair") and the medians over the rounds are reported:
 
 - A: ``PaperDDPG`` configured to SB3 DDPG's math: no batch norm, the action at the critic's input layer, one learning
   rate for both networks (1e-3), no weight decay, SB3's tau (0.005) and gamma, no action noise (SB3's default);
@@ -250,43 +251,99 @@ class BareDDPG:
             action = self.actor(th.as_tensor(obs, dtype=th.float32, device=self.device)).cpu().numpy()
         return action
 
-    def run(self, learning_starts: int, train_steps: int) -> dict[str, Any]:
-        obs, _ = self.env.reset(seed=self.seed)
-        clock: _Clock | None = None
-        for step in range(learning_starts + train_steps):
-            if step == learning_starts:
-                clock = _Clock()
-            if step < learning_starts:
-                scaled = 2.0 * (self.env.action_space.sample() - self.low) / (self.high - self.low) - 1.0
-            else:
-                scaled = self.act(obs)
-            env_action = self.low + 0.5 * (scaled + 1.0) * (self.high - self.low)
-            next_obs, reward, terminated, truncated, _ = self.env.step(env_action)
-            i = self.size
-            self.obs[i], self.next_obs[i], self.actions[i] = obs, next_obs, scaled
-            self.rewards[i], self.dones[i] = reward, float(terminated)  # time-limit truncations bootstrap
-            self.size += 1
-            obs = self.env.reset()[0] if terminated or truncated else next_obs
-            if step >= learning_starts:
-                self.update()
-        assert clock is not None
-        wall, cpu = clock.lap()
-        return dict(
-            steps_per_s=train_steps / wall,
-            cpu_steps_per_s=train_steps / cpu,
-            updates_per_s=self.n_updates / self.update_time,
-            ms_per_step=1e3 * wall / train_steps,
-        )
+    def _step(self, scaled: np.ndarray) -> None:
+        env_action = self.low + 0.5 * (scaled + 1.0) * (self.high - self.low)
+        next_obs, reward, terminated, truncated, _ = self.env.step(env_action)
+        i = self.size
+        self.obs[i], self.next_obs[i], self.actions[i] = self.last_obs, next_obs, scaled
+        self.rewards[i], self.dones[i] = reward, float(terminated)  # time-limit truncations bootstrap
+        self.size += 1
+        self.last_obs = self.env.reset()[0] if terminated or truncated else next_obs
+
+    def warm_up(self, learning_starts: int) -> None:
+        """``learning_starts`` uniformly random actions, no update."""
+        self.last_obs, _ = self.env.reset(seed=self.seed)
+        for _ in range(learning_starts):
+            self._step(2.0 * (self.env.action_space.sample() - self.low) / (self.high - self.low) - 1.0)
+
+    def train(self, steps: int) -> None:
+        """``steps`` environment steps with the actor's action, each followed by one update."""
+        for _ in range(steps):
+            self._step(self.act(self.last_obs))
+            self.update()
 
 
 # ----------------------------------------------------------------------------- driver
-def run_one(kind: str, env_id: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
-    if kind == "C":
-        return BareDDPG(env_id, seed, args.device).run(args.learning_starts, args.train_steps)
-    factory: Callable[[str, int, str], Any] = {"A": make_a, "B": make_b, "D": make_d}[kind]
-    model = factory(env_id, seed, args.device)
-    model.learning_starts = args.learning_starts
-    return _sb3_run(model, args.learning_starts, args.train_steps)
+class Contender:
+    """
+    One contender of a round, trained chunk by chunk so that the contenders of a round can take turns every ``slice``
+    steps: machine noise (a shared VM's CPU speed drifts by 20-30% over tens of seconds) then hits all of them alike.
+
+    The warm-up (``learning_starts`` random steps, no update) is not timed; each chunk is timed whole (wall and CPU),
+    including for the SB3 algorithms the ``learn()`` call that runs it (set-up overhead of well under a millisecond).
+    """
+
+    def __init__(self, kind: str, env_id: str, seed: int, args: argparse.Namespace):
+        self.kind = kind
+        self.learning_starts = args.learning_starts
+        self.wall = self.cpu = 0.0
+        self.steps = 0
+        if kind == "C":
+            self.bare: BareDDPG | None = BareDDPG(env_id, seed, args.device)
+            self.model: Any = None
+        else:
+            self.bare = None
+            factory: Callable[[str, int, str], Any] = {"A": make_a, "B": make_b, "D": make_d}[kind]
+            self.model = factory(env_id, seed, args.device)
+            self.model.learning_starts = args.learning_starts
+            self.update_time = _timed_train(self.model)
+
+    def warm_up(self) -> None:
+        if self.bare is not None:
+            self.bare.warm_up(self.learning_starts)
+        else:
+            self.model.learn(self.learning_starts)
+            assert self.model._n_updates == 0
+
+    def train(self, steps: int) -> None:
+        clock = _Clock()
+        if self.bare is not None:
+            self.bare.train(steps)
+        else:
+            self.model.learn(steps, reset_num_timesteps=False)
+        wall, cpu = clock.lap()
+        self.wall += wall
+        self.cpu += cpu
+        self.steps += steps
+
+    def result(self) -> dict[str, Any]:
+        n_updates, update_time = (
+            (self.bare.n_updates, self.bare.update_time)
+            if self.bare is not None
+            else (self.model._n_updates, self.update_time[0])
+        )
+        assert n_updates == self.steps, (n_updates, self.steps)
+        return dict(
+            steps_per_s=self.steps / self.wall,
+            cpu_steps_per_s=self.steps / self.cpu,
+            updates_per_s=n_updates / update_time,
+            ms_per_step=1e3 * self.wall / self.steps,
+        )
+
+
+def run_round(kinds: str, env_id: str, seed: int, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Train every contender ``train_steps`` steps, taking turns every ``slice`` steps (rotating who goes first)."""
+    contenders = [Contender(kind, env_id, seed, args) for kind in kinds]
+    for contender in contenders:
+        contender.warm_up()
+    done, turn = 0, 0
+    while done < args.train_steps:
+        steps = min(args.slice, args.train_steps - done)
+        for i in range(len(contenders)):
+            contenders[(i + turn) % len(contenders)].train(steps)
+        done += steps
+        turn += 1
+    return {c.kind: c.result() for c in contenders}
 
 
 def _fmt(result: dict[str, Any]) -> str:
@@ -299,7 +356,8 @@ def _fmt(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--envs", nargs="+", default=["Pendulum-v1", "HalfCheetah-v5"])
-    parser.add_argument("--pairs", type=int, default=3, help="interleaved rounds (each runs every contender once)")
+    parser.add_argument("--pairs", type=int, default=3, help="rounds (each trains every contender once)")
+    parser.add_argument("--slice", type=int, default=100, help="within a round, contenders take turns every SLICE steps")
     parser.add_argument("--learning-starts", type=int, default=1000)
     parser.add_argument("--train-steps", type=int, default=2000, help="training-phase env steps per run")
     parser.add_argument("--contenders", default="ABCD", help="subset of ABCD")
@@ -330,8 +388,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {env: {k: [] for k in args.contenders} for env in args.envs}
     for pair in range(args.pairs):
         for env_id in args.envs:
-            for kind in args.contenders:
-                result = run_one(kind, env_id, args.seed + pair, args)
+            for kind, result in run_round(args.contenders, env_id, args.seed + pair, args).items():
                 runs[env_id][kind].append(result)
                 print(f"pair {pair} {env_id:15s} {kind} {LABELS[kind]:28s} {_fmt(result)}", flush=True)
 

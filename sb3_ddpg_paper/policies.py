@@ -29,6 +29,24 @@ from sb3_ddpg_paper.torch_layers import (
 )
 
 TargetBatchNorm = Literal["batch", "running"]
+
+
+def _features_are_observations(observation_space: spaces.Space, features_extractor: nn.Module) -> bool:
+    """
+    Whether SB3's ``extract_features`` is the identity on a float32 batch: a ``FlattenExtractor`` over a flat ``Box``
+    (``preprocess_obs`` is ``.float()``, the flatten a no-op). The hot path then skips its calls (speed, same numbers).
+    """
+    return (
+        type(features_extractor) is FlattenExtractor
+        and isinstance(observation_space, spaces.Box)
+        and len(observation_space.shape) == 1
+    )
+
+
+def _features(model: "Actor | Critic", obs: th.Tensor) -> th.Tensor:
+    if model._features_are_obs and obs.dtype == th.float32 and obs.dim() == 2:
+        return obs
+    return model.extract_features(obs, model.features_extractor)
 WeightDecayScope = Literal["weights", "all"]
 
 
@@ -104,6 +122,7 @@ class Actor(BasePolicy):
         )
         get_weight_init(weight_init)(self.mu)
         init_uniform(self.mu[-2], final_layer_init_bound)  # the last Linear, before tanh
+        self._features_are_obs = _features_are_observations(observation_space, self.features_extractor)
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
@@ -123,8 +142,7 @@ class Actor(BasePolicy):
         return data
 
     def forward(self, obs: th.Tensor) -> th.Tensor:
-        features = self.extract_features(obs, self.features_extractor)
-        return self.mu(features)
+        return self.mu(_features(self, obs))
 
     def _predict(self, observation: PyTorchObs, deterministic: bool = False) -> th.Tensor:
         # DDPG's policy is deterministic: ``deterministic`` is ignored, exploration is the action noise.
@@ -220,6 +238,7 @@ class Critic(BaseModel):
             init_uniform(q_net.output_layer, final_layer_init_bound)
             self.add_module(f"qf{idx}", q_net)
             self.q_networks.append(q_net)
+        self._features_are_obs = _features_are_observations(observation_space, self.features_extractor)
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
@@ -243,14 +262,22 @@ class Critic(BaseModel):
 
     def forward(self, obs: th.Tensor, actions: th.Tensor) -> tuple[th.Tensor, ...]:
         # Learn a shared features extractor with the policy loss only (SB3's convention)
-        with th.set_grad_enabled(not self.share_features_extractor):
-            features = self.extract_features(obs, self.features_extractor)
+        if self._features_are_obs:  # no parameters before the Q networks: nothing to hold gradients from
+            features = _features(self, obs)
+        else:
+            with th.set_grad_enabled(not self.share_features_extractor):
+                features = self.extract_features(obs, self.features_extractor)
+        if len(self.q_networks) == 1:
+            return (self.q_networks[0](features, actions),)
         return tuple(q_net(features, actions) for q_net in self.q_networks)
 
     def q1_forward(self, obs: th.Tensor, actions: th.Tensor) -> th.Tensor:
         """Q-value of the first critic only; the features extractor gets no gradient (used for the actor loss)."""
-        with th.no_grad():
-            features = self.extract_features(obs, self.features_extractor)
+        if self._features_are_obs:
+            features = _features(self, obs)
+        else:
+            with th.no_grad():
+                features = self.extract_features(obs, self.features_extractor)
         return self.q_networks[0](features, actions)
 
 
@@ -443,6 +470,8 @@ class PaperDDPGPolicy(BasePolicy):
             }
         decayed = [p for p in params if id(p) in decayed_ids]
         others = [p for p in params if id(p) not in decayed_ids]
+        if self.critic_weight_decay == 0:  # one group: one fused Adam kernel per step instead of two
+            return [{"params": params, "weight_decay": 0.0}]
         groups = [{"params": decayed, "weight_decay": self.critic_weight_decay}]
         if others:
             groups.append({"params": others, "weight_decay": 0.0})
@@ -499,7 +528,8 @@ class PaperDDPGPolicy(BasePolicy):
         if mode == self.training:
             return
         for module in self._online_modules:
-            module.training = mode
+            # What nn.Module.train() does, minus nn.Module.__setattr__'s lookups (it runs twice per env step)
+            object.__setattr__(module, "training", mode)
         self.training = mode
 
     def train(self, mode: bool = True) -> "PaperDDPGPolicy":

@@ -236,7 +236,8 @@ class QNetwork(nn.Module):
         return layer
 
     def forward(self, features: th.Tensor, actions: th.Tensor) -> th.Tensor:
-        return self.joint_net(th.cat([self.state_net(features), actions], dim=1))
+        state = self.state_net(features) if len(self.state_net) else features  # action_layer=0: nothing before it
+        return self.joint_net(th.cat([state, actions], dim=1))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
