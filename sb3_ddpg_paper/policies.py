@@ -29,6 +29,7 @@ from sb3_ddpg_paper.torch_layers import (
 )
 
 TargetBatchNorm = Literal["batch", "running"]
+WeightDecayScope = Literal["weights", "all"]
 
 
 def _features_are_observations(observation_space: spaces.Space, features_extractor: nn.Module) -> bool:
@@ -47,7 +48,6 @@ def _features(model: "Actor | Critic", obs: th.Tensor) -> th.Tensor:
     if model._features_are_obs and obs.dtype == th.float32 and obs.dim() == 2:
         return obs
     return model.extract_features(obs, model.features_extractor)
-WeightDecayScope = Literal["weights", "all"]
 
 
 def _check_bn_args(batch_norm_momentum: float, batch_norm_eps: float) -> None:
