@@ -400,7 +400,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for kind, results in env_runs.items():
             env_summary[kind] = {key: statistics.median(r[key] for r in results) for key in results[0]}
             print(f"{env_id:15s} {kind} {LABELS[kind]:28s} {_fmt(env_summary[kind])}")
-        for num, den in (("A", "B"), ("A", "C"), ("D", "B")):
+        for num, den in (("A", "B"), ("A", "C"), ("D", "B"), ("C", "B")):
             if num in env_runs and den in env_runs:
                 ratios = [a["steps_per_s"] / b["steps_per_s"] for a, b in zip(env_runs[num], env_runs[den], strict=True)]
                 cpu_ratios = [
