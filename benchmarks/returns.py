@@ -281,6 +281,13 @@ def locked(csv_path: Path) -> Iterator[None]:
             fcntl.flock(lock_file, fcntl.LOCK_UN)
 
 
+def record_run(csv_path: Path, key: tuple[str, str, int], rows: list[dict[str, Any]]) -> None:
+    """Put one finished run's rows into the CSV (replacing any earlier rows of that run), under the CSV's lock."""
+    with locked(csv_path):  # other matrix processes (e.g. other --envs) may share this CSV
+        kept = [row for row in read_rows(csv_path) if (row["config"], row["env"], row["seed"]) != key]
+        write_rows(csv_path, kept + rows)
+
+
 def completed(rows: Iterable[dict[str, Any]]) -> set[tuple[str, str, int]]:
     """Keys of the runs whose evaluations reach their budget."""
     last: dict[tuple[str, str, int], int] = {}
@@ -312,9 +319,7 @@ def run_matrix(runs: list[Run], csv_path: Path, jobs: int, log: Callable[[str], 
                 log(f"FAILED {run.key}: {error}")
                 continue
             assert rows is not None
-            with locked(csv_path):  # other matrix processes (other --envs) may share this CSV
-                kept = [row for row in read_rows(csv_path) if (row["config"], row["env"], row["seed"]) != run.key]
-                write_rows(csv_path, kept + rows)
+            record_run(csv_path, run.key, rows)
             (progress_dir / f"{run.config}__{run.env}__{run.seed}.csv").unlink(missing_ok=True)
             seconds = rows[-1]["train_seconds"]
             log(

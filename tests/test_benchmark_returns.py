@@ -122,3 +122,24 @@ def test_summary_numbers():
     # AUC seed 0: (-750 * 50 + -300 * 50) / 100 = -525; seed 1: (-850 * 50 + -500 * 50) / 100 = -675
     assert cell["auc_mean"] == pytest.approx(-600.0)
     assert cell["steps_per_second"] == pytest.approx(10.0)
+
+
+def _record_many(csv_path: str, config: str, n_runs: int) -> None:
+    for seed in range(n_runs):
+        row = dict(config=config, env="X-v0", seed=seed, budget=1, step=1, eval_mean=0.0, eval_std=0.0, train_seconds=1.0)
+        returns.record_run(Path(csv_path), (config, "X-v0", seed), [row])
+
+
+def test_matrix_processes_sharing_one_csv_lose_no_run(tmp_path):
+    """Two matrix processes (e.g. different --envs) write the same CSV: the lock keeps every finished run."""
+    import multiprocessing as mp
+
+    csv_path = tmp_path / "returns.csv"
+    context = mp.get_context("spawn")
+    workers = [context.Process(target=_record_many, args=(str(csv_path), config, 25)) for config in ("paper", "sb3-td3")]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+        assert worker.exitcode == 0
+    assert len(returns.completed(returns.read_rows(csv_path))) == 50
