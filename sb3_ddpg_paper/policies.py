@@ -267,8 +267,6 @@ class Critic(BaseModel):
         else:
             with th.set_grad_enabled(not self.share_features_extractor):
                 features = self.extract_features(obs, self.features_extractor)
-        if len(self.q_networks) == 1:
-            return (self.q_networks[0](features, actions),)
         return tuple(q_net(features, actions) for q_net in self.q_networks)
 
     def q1_forward(self, obs: th.Tensor, actions: th.Tensor) -> th.Tensor:
@@ -461,6 +459,8 @@ class PaperDDPGPolicy(BasePolicy):
                 target.set_training_mode(False)
 
     def _critic_param_groups(self, params: list[nn.Parameter]) -> list[dict[str, Any]]:
+        if self.critic_weight_decay == 0:  # one group: one fused Adam kernel per step instead of two
+            return [{"params": params, "weight_decay": 0.0}]
         decayed_ids = {id(p) for p in params}
         if self.weight_decay_scope == "weights":
             decayed_ids = {
@@ -470,8 +470,6 @@ class PaperDDPGPolicy(BasePolicy):
             }
         decayed = [p for p in params if id(p) in decayed_ids]
         others = [p for p in params if id(p) not in decayed_ids]
-        if self.critic_weight_decay == 0:  # one group: one fused Adam kernel per step instead of two
-            return [{"params": params, "weight_decay": 0.0}]
         groups = [{"params": decayed, "weight_decay": self.critic_weight_decay}]
         if others:
             groups.append({"params": others, "weight_decay": 0.0})
