@@ -13,7 +13,7 @@ import torch as th
 from stable_baselines3.common.utils import polyak_update
 from torch.nn import functional as F
 
-from sb3_ddpg_paper.fast_paths import sample_fast
+from sb3_ddpg_paper.fast_paths import apply_gradients, sample_fast
 
 
 # ----------------------------------------------------------------------------- whole steps
@@ -51,6 +51,40 @@ def test_adam_step_of_the_paper_critic(benchmark, paper_model, implementation):
     for p in critic.parameters():
         p.grad = th.randn_like(p)
     benchmark(optimizer.step)
+
+
+@pytest.mark.parametrize("update", ["autograd", "mlp_update"])
+def test_gradient_step_of_plain_mlps(benchmark, sb3_math_model, update):
+    """One train() step of the no-batch-norm networks: autograd against the hand-written passes (MLPUpdate)."""
+    model = sb3_math_model
+    saved = model._mlp_update
+    assert saved is not None
+    if update == "autograd":
+        model._mlp_update = None
+    try:
+        benchmark(model.train, gradient_steps=1, batch_size=64)
+    finally:
+        model._mlp_update = saved
+
+
+@pytest.mark.parametrize("call", ["zero_grad_and_step", "apply_gradients"])
+def test_fused_adam_step_call(benchmark, sb3_math_model, call):
+    """The same fused kernel, called through Optimizer.step (after zero_grad) or directly by apply_gradients."""
+    critic = copy.deepcopy(sb3_math_model.critic)
+    optimizer = th.optim.Adam(critic.parameters(), lr=1e-3, fused=True)
+    grads = {p: th.randn_like(p) for p in critic.parameters()}
+    apply_gradients(optimizer, grads)  # the first step creates Adam's state
+
+    def step():
+        if call == "apply_gradients":
+            apply_gradients(optimizer, grads)
+        else:
+            optimizer.zero_grad()
+            for param, grad in grads.items():
+                param.grad = grad
+            optimizer.step()
+
+    benchmark(step)
 
 
 @pytest.mark.parametrize("gradients", ["all_parameters", "actor_only"])

@@ -9,9 +9,11 @@ out, each line as Lillicrap et al. 2016 (Algorithm 1) state it.
 
 import copy
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
+from stable_baselines3 import TD3
 from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.envs import BitFlippingEnv
@@ -19,7 +21,9 @@ from stable_baselines3.common.vec_env import VecNormalize
 from torch import nn
 
 from sb3_ddpg_paper import PaperDDPG
-from sb3_ddpg_paper.fast_paths import can_sample_fast, denormals_are_flushed, sample_fast
+from sb3_ddpg_paper.fast_paths import apply_gradients, can_sample_fast, denormals_are_flushed, sample_fast
+from sb3_ddpg_paper.mlp_update import MLPUpdate
+from sb3_ddpg_paper.policies import PaperDDPGPolicy
 
 SMALL = dict(net_arch=[16, 12])
 TAU, GAMMA, ACTOR_LR, CRITIC_LR, WEIGHT_DECAY = 0.05, 0.99, 1e-3, 2e-3, 1e-2
@@ -125,6 +129,8 @@ def assert_same_networks(model: PaperDDPG, reference: ReferenceDDPG, n_steps: in
 @pytest.mark.parametrize("action_layer", [0, 1])
 def test_optimised_train_matches_reference_algorithm_1(batch_norm, action_layer):
     model = filled_model(batch_norm, action_layer)
+    # Without batch norm the hand-written MLP update runs, with it autograd: both are checked against the reference
+    assert (model._mlp_update is not None) == (not batch_norm)
     reference = ReferenceDDPG(model)
     initial_weight = next(model.actor.parameters()).clone()
     # Several steps, in two train() calls, on the same batches: numpy's global generator drives both samplers
@@ -145,9 +151,10 @@ def test_optimised_train_matches_reference_algorithm_1(batch_norm, action_layer)
     assert not th.allclose(first_weight, next(model.actor_target.parameters()))
 
 
-def test_optimised_train_matches_reference_after_learning_starts():
+@pytest.mark.parametrize("batch_norm", [True, False])
+def test_optimised_train_matches_reference_after_learning_starts(batch_norm):
     """The same through learn(): acting, storing and updating interleaved (lean predict and sampling in the loop)."""
-    model = filled_model(batch_norm=True)
+    model = filled_model(batch_norm=batch_norm)
     model.action_noise = None
     reference = ReferenceDDPG(model)
     for _ in range(5):
@@ -283,3 +290,100 @@ def test_denormals_flushed_during_updates_only(flush_denormal):
         assert denormals_are_flushed()
     finally:
         th.set_flush_denormal(False)
+
+
+# ----------------------------------------------------------------------------- hand-written MLP update
+@pytest.mark.parametrize("action_layer", [0, 1, 2])
+@pytest.mark.parametrize("env_id", ["Pendulum-v1", "HalfCheetah-v5"])
+def test_mlp_update_matches_autograd_update(env_id, action_layer):
+    """Full-size networks, the paper's weight decay, many steps: the hand-written passes track autograd's."""
+    models = []
+    for mlp_update in (True, False):
+        model = PaperDDPG(
+            env_id,
+            learning_starts=200,
+            batch_size=64,
+            policy_kwargs=dict(batch_norm=False, action_layer=action_layer),
+            mlp_update=mlp_update,
+            seed=3,
+        )
+        assert (model._mlp_update is not None) == mlp_update
+        model.learn(200)
+        np.random.seed(7)
+        model.train(gradient_steps=30, batch_size=64)
+        models.append(model)
+    ours, theirs = models
+    for name in ("actor", "critic", "actor_target", "critic_target"):
+        for key, value in getattr(ours, name).state_dict().items():
+            th.testing.assert_close(value, getattr(theirs, name).state_dict()[key], rtol=1e-4, atol=1e-5, msg=key)
+    for key in ("train/critic_loss", "train/actor_loss", "train/q_mean"):
+        assert ours.logger.name_to_value[key] == pytest.approx(theirs.logger.name_to_value[key], rel=1e-4, abs=1e-6)
+    for optimizer in ("actor", "critic"):  # Adam's state advanced alike (state dicts save and load as before)
+        ours_state = getattr(ours, optimizer).optimizer.state_dict()["state"]
+        theirs_state = getattr(theirs, optimizer).optimizer.state_dict()["state"]
+        assert ours_state.keys() == theirs_state.keys()
+        for index in ours_state:
+            assert ours_state[index]["step"] == theirs_state[index]["step"] == 30
+
+
+def test_mlp_update_only_for_plain_mlps():
+    assert MLPUpdate.for_policy(PaperDDPG("Pendulum-v1", policy_kwargs=dict(batch_norm=False)).policy) is not None
+    others = [
+        PaperDDPG("Pendulum-v1"),  # batch norm (the paper's default)
+        PaperDDPG("Pendulum-v1", policy_kwargs=dict(batch_norm=False, activation_fn=nn.Tanh)),
+        PaperDDPG("MultiInputPolicy", BitFlippingEnv(n_bits=4, continuous=True), policy_kwargs=dict(batch_norm=False)),
+        PaperDDPG("Pendulum-v1", policy_kwargs=dict(batch_norm=False), mlp_update=False),
+    ]
+    for model in others:
+        assert model._mlp_update is None
+    # SB3's TD3 with this package's policy: two critics
+    td3 = TD3(PaperDDPGPolicy, "Pendulum-v1", policy_kwargs=dict(batch_norm=False, n_critics=2))
+    assert MLPUpdate.for_policy(td3.policy) is None
+    # A model built without it (or loaded) still trains, through autograd
+    others[-1].learning_starts = 10
+    others[-1].learn(20)
+    assert others[-1]._n_updates == 10
+
+
+def test_mlp_update_survives_save_and_load(tmp_path):
+    model = PaperDDPG("Pendulum-v1", learning_starts=50, policy_kwargs=dict(batch_norm=False, net_arch=[32, 24]))
+    model.learn(60)
+    model.save(tmp_path / "model.zip")
+    loaded = PaperDDPG.load(tmp_path / "model.zip", env=gym.make("Pendulum-v1"))
+    assert loaded._mlp_update is not None and loaded._mlp_update.actor_layers[0].weight is loaded.actor.mu[0].weight
+    loaded.learn(20, reset_num_timesteps=False)
+    assert loaded.critic.optimizer.state_dict()["state"][0]["step"] == 30
+
+
+# ----------------------------------------------------------------------------- optimizer steps
+def _adam_pair(**kwargs):
+    params = [nn.Parameter(th.randn(7, 5, generator=th.Generator().manual_seed(i))) for i in range(2)]
+    twin = [nn.Parameter(p.detach().clone()) for p in params]
+    groups = lambda ps: [{"params": [ps[0]], "weight_decay": 0.1}, {"params": [ps[1]]}]  # noqa: E731
+    return params, th.optim.Adam(groups(params), lr=1e-2, **kwargs), twin, th.optim.Adam(groups(twin), lr=1e-2, **kwargs)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_apply_gradients_is_an_optimizer_step(fused):
+    params, optimizer, twin, reference = _adam_pair(fused=fused)
+    for step in range(4):
+        grads = [th.randn(7, 5, generator=th.Generator().manual_seed(10 * step + i)) for i in range(2)]
+        apply_gradients(optimizer, dict(zip(params, grads, strict=True)))
+        reference.zero_grad()
+        for p, g in zip(twin, grads, strict=True):
+            p.grad = g.clone()
+        reference.step()
+        for p, q in zip(params, twin, strict=True):
+            assert th.equal(p, q)  # the same kernel with the same inputs: bitwise
+    assert optimizer.state_dict()["state"][0]["step"] == 4
+
+
+def test_apply_gradients_respects_hooks_and_missing_gradients():
+    params, optimizer, _, _ = _adam_pair(fused=True)
+    calls = []
+    optimizer.register_step_post_hook(lambda *args: calls.append(1))
+    for _ in range(3):
+        apply_gradients(optimizer, {params[0]: th.ones(7, 5), params[1]: None})
+    assert len(calls) == 3  # a hooked optimizer runs its step()
+    assert params[1] not in optimizer.state  # no gradient: not stepped, as optimizer.step() skips it
+    assert optimizer.state[params[0]]["step"] == 3
