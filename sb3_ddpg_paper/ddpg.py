@@ -201,10 +201,11 @@ class PaperDDPG(OffPolicyAlgorithm):
     :param flush_denormal: flush denormal floats to zero during the gradient updates (``torch.set_flush_denormal``,
         restored on exit): with the critic's weight decay, denormal weights otherwise make updates 3-6 times slower
         after a few thousand steps (docs/speed.md). Values below 1.2e-38 become 0; nothing else changes.
-    :param mlp_update: for networks without batch norm (plain ``Linear -> ReLU`` MLPs, float32 observations), run
-        each gradient step with hand-written forward and backward passes instead of autograd: the same gradients
-        (to float rounding), about a third less time per update on a CPU (docs/speed.md). ``False``: always autograd
-        (e.g. to use module or tensor hooks, which the hand-written passes do not call).
+    :param mlp_update: for fully connected networks (``Linear``, ``BatchNorm1d``, ``ReLU`` and the actor's tanh, on
+        flat float32 observations: ``MlpPolicy``, with or without batch norm), run each gradient step with
+        hand-written forward and backward passes instead of autograd: the same kernels and gradients (to float
+        rounding), less time per update on a CPU (docs/speed.md). ``False``: always autograd (e.g. to use module or
+        tensor hooks, which the hand-written passes do not call).
     :param _init_setup_model: Whether or not to build the network at the creation of the instance
     """
 
@@ -464,7 +465,7 @@ class PaperDDPG(OffPolicyAlgorithm):
         self._critic_buffers = list(self.critic.buffers())
         self._critic_target_buffers = list(self.critic_target.buffers())
         self._critic_batch_norms = batch_norm_modules(self.critic)
-        # Plain MLPs (no batch norm): the gradient step with hand-written backward passes; None: autograd
+        # Fully connected networks: the gradient step with hand-written backward passes; None: autograd
         self._mlp_update = MLPUpdate.for_policy(self.policy) if getattr(self, "mlp_update", True) else None
 
     def set_random_seed(self, seed: int | None = None) -> None:
@@ -630,7 +631,7 @@ class PaperDDPG(OffPolicyAlgorithm):
                 replay_data = self._sample_replay(batch_size)
                 # n-step returns: the buffer gives gamma**k for the k steps actually used
                 discounts = replay_data.discounts if replay_data.discounts is not None else self.gamma
-                if update is not None:  # plain MLPs: the same step with hand-written backward passes (docs/speed.md)
+                if update is not None:  # the same step with hand-written backward passes (docs/speed.md)
                     step_losses = update(
                         replay_data.observations,
                         replay_data.actions,
@@ -667,8 +668,8 @@ class PaperDDPG(OffPolicyAlgorithm):
         self, replay_data: ReplayBufferSamples, discounts: th.Tensor | float
     ) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
         """
-        One critic step and one actor step of Algorithm 1 with autograd (any network: batch norm, CNN, Dict
-        observations). :class:`~sb3_ddpg_paper.mlp_update.MLPUpdate` is the same step for plain MLPs.
+        One critic step and one actor step of Algorithm 1 with autograd (any network: CNN, Dict
+        observations). :class:`~sb3_ddpg_paper.mlp_update.MLPUpdate` is the same step for fully connected networks.
 
         :return: the critic loss, the actor loss and the mean Q-value of the batch (before the critic step), detached
         """

@@ -29,7 +29,7 @@ SMALL = dict(net_arch=[16, 12])
 TAU, GAMMA, ACTOR_LR, CRITIC_LR, WEIGHT_DECAY = 0.05, 0.99, 1e-3, 2e-3, 1e-2
 
 
-def filled_model(batch_norm: bool, action_layer: int = 1, n_envs: int = 2) -> PaperDDPG:
+def filled_model(batch_norm: bool, action_layer: int = 1, n_envs: int = 2, mlp_update: bool = True) -> PaperDDPG:
     """A model whose replay buffer holds real Pendulum transitions (truncations included) and no update yet."""
     env = make_vec_env("Pendulum-v1", n_envs=n_envs, seed=0, env_kwargs=dict(max_episode_steps=50))
     model = PaperDDPG(
@@ -42,6 +42,7 @@ def filled_model(batch_norm: bool, action_layer: int = 1, n_envs: int = 2) -> Pa
         gamma=GAMMA,
         learning_starts=300,
         policy_kwargs=dict(net_arch=[16, 12], batch_norm=batch_norm, action_layer=action_layer),
+        mlp_update=mlp_update,
         seed=0,
     )
     model.learn(300)  # warm-up only: random actions, no update
@@ -125,12 +126,13 @@ def assert_same_networks(model: PaperDDPG, reference: ReferenceDDPG, n_steps: in
                 th.testing.assert_close(ours[key], theirs[key], rtol=1e-4, atol=1e-6, msg=f"{name}.{key} differs")
 
 
+@pytest.mark.parametrize("mlp_update", [True, False])
 @pytest.mark.parametrize("batch_norm", [True, False])
 @pytest.mark.parametrize("action_layer", [0, 1])
-def test_optimised_train_matches_reference_algorithm_1(batch_norm, action_layer):
-    model = filled_model(batch_norm, action_layer)
-    # Without batch norm the hand-written MLP update runs, with it autograd: both are checked against the reference
-    assert (model._mlp_update is not None) == (not batch_norm)
+def test_optimised_train_matches_reference_algorithm_1(batch_norm, action_layer, mlp_update):
+    model = filled_model(batch_norm, action_layer, mlp_update=mlp_update)
+    # Both update paths, the hand-written passes (default) and autograd, are checked against the reference
+    assert (model._mlp_update is not None) == mlp_update
     reference = ReferenceDDPG(model)
     initial_weight = next(model.actor.parameters()).clone()
     # Several steps, in two train() calls, on the same batches: numpy's global generator drives both samplers
@@ -151,10 +153,11 @@ def test_optimised_train_matches_reference_algorithm_1(batch_norm, action_layer)
     assert not th.allclose(first_weight, next(model.actor_target.parameters()))
 
 
+@pytest.mark.parametrize("mlp_update", [True, False])
 @pytest.mark.parametrize("batch_norm", [True, False])
-def test_optimised_train_matches_reference_after_learning_starts(batch_norm):
+def test_optimised_train_matches_reference_after_learning_starts(batch_norm, mlp_update):
     """The same through learn(): acting, storing and updating interleaved (lean predict and sampling in the loop)."""
-    model = filled_model(batch_norm=batch_norm)
+    model = filled_model(batch_norm=batch_norm, mlp_update=mlp_update)
     model.action_noise = None
     reference = ReferenceDDPG(model)
     for _ in range(5):
@@ -293,9 +296,12 @@ def test_denormals_flushed_during_updates_only(flush_denormal):
 
 
 # ----------------------------------------------------------------------------- hand-written MLP update
+@pytest.mark.parametrize(
+    "batch_norm, target_batch_norm", [(True, "batch"), (True, "running"), (False, "batch")], ids=["bn", "bn-running", "no-bn"]
+)
 @pytest.mark.parametrize("action_layer", [0, 1, 2])
 @pytest.mark.parametrize("env_id", ["Pendulum-v1", "HalfCheetah-v5"])
-def test_mlp_update_matches_autograd_update(env_id, action_layer):
+def test_mlp_update_matches_autograd_update(env_id, action_layer, batch_norm, target_batch_norm):
     """Full-size networks, the paper's weight decay, many steps: the hand-written passes track autograd's."""
     models = []
     for mlp_update in (True, False):
@@ -303,7 +309,7 @@ def test_mlp_update_matches_autograd_update(env_id, action_layer):
             env_id,
             learning_starts=200,
             batch_size=64,
-            policy_kwargs=dict(batch_norm=False, action_layer=action_layer),
+            policy_kwargs=dict(batch_norm=batch_norm, action_layer=action_layer, target_batch_norm=target_batch_norm),
             mlp_update=mlp_update,
             seed=3,
         )
@@ -315,7 +321,11 @@ def test_mlp_update_matches_autograd_update(env_id, action_layer):
     ours, theirs = models
     for name in ("actor", "critic", "actor_target", "critic_target"):
         for key, value in getattr(ours, name).state_dict().items():
-            th.testing.assert_close(value, getattr(theirs, name).state_dict()[key], rtol=1e-4, atol=1e-5, msg=key)
+            if key in SHIFT_INVARIANT[name.removesuffix("_target")]:  # rounding noise scaled up by Adam (see above)
+                tolerance = dict(rtol=0.0, atol=30 * 1e-3)
+            else:
+                tolerance = dict(rtol=1e-4, atol=1e-5)
+            th.testing.assert_close(value, getattr(theirs, name).state_dict()[key], **tolerance, msg=key)
     for key in ("train/critic_loss", "train/actor_loss", "train/q_mean"):
         assert ours.logger.name_to_value[key] == pytest.approx(theirs.logger.name_to_value[key], rel=1e-4, abs=1e-6)
     for optimizer in ("actor", "critic"):  # Adam's state advanced alike (state dicts save and load as before)
@@ -326,10 +336,11 @@ def test_mlp_update_matches_autograd_update(env_id, action_layer):
             assert ours_state[index]["step"] == theirs_state[index]["step"] == 30
 
 
-def test_mlp_update_only_for_plain_mlps():
-    assert MLPUpdate.for_policy(PaperDDPG("Pendulum-v1", policy_kwargs=dict(batch_norm=False)).policy) is not None
+def test_mlp_update_only_for_fully_connected_networks():
+    for batch_norm in (True, False):
+        model = PaperDDPG("Pendulum-v1", policy_kwargs=dict(batch_norm=batch_norm))
+        assert MLPUpdate.for_policy(model.policy) is not None
     others = [
-        PaperDDPG("Pendulum-v1"),  # batch norm (the paper's default)
         PaperDDPG("Pendulum-v1", policy_kwargs=dict(batch_norm=False, activation_fn=nn.Tanh)),
         PaperDDPG("MultiInputPolicy", BitFlippingEnv(n_bits=4, continuous=True), policy_kwargs=dict(batch_norm=False)),
         PaperDDPG("Pendulum-v1", policy_kwargs=dict(batch_norm=False), mlp_update=False),
@@ -346,11 +357,11 @@ def test_mlp_update_only_for_plain_mlps():
 
 
 def test_mlp_update_survives_save_and_load(tmp_path):
-    model = PaperDDPG("Pendulum-v1", learning_starts=50, policy_kwargs=dict(batch_norm=False, net_arch=[32, 24]))
+    model = PaperDDPG("Pendulum-v1", learning_starts=50, policy_kwargs=dict(net_arch=[32, 24]))
     model.learn(60)
     model.save(tmp_path / "model.zip")
     loaded = PaperDDPG.load(tmp_path / "model.zip", env=gym.make("Pendulum-v1"))
-    assert loaded._mlp_update is not None and loaded._mlp_update.actor_layers[0].weight is loaded.actor.mu[0].weight
+    assert loaded._mlp_update is not None and loaded._mlp_update.actor[1] is loaded.actor.mu[1]
     loaded.learn(20, reset_num_timesteps=False)
     assert loaded.critic.optimizer.state_dict()["state"][0]["step"] == 30
 
