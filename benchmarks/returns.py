@@ -65,6 +65,11 @@ CONFIGS: dict[str, Config] = {
     "paper-running-target-bn": Config(
         "paper", "PaperDDPG, targets normalise with running BN statistics", policy_kwargs={"target_batch_norm": "running"}
     ),
+    # Not in the default matrix: a diagnostic for where the paper's configuration loses (docs/results.md), run with
+    # --configs paper-no-weight-decay --envs <env>
+    "paper-no-weight-decay": Config(
+        "paper", "PaperDDPG without the critic's L2 weight decay", kwargs={"critic_weight_decay": 0.0}
+    ),
     # What users would pick otherwise: SB3's own defaults, with the Gaussian exploration noise of SB3's documentation
     # examples and the RL Zoo (sigma 0.1; SB3's default is no noise at all).
     "sb3-ddpg": Config("sb3-ddpg", "SB3 DDPG defaults + Gaussian noise 0.1", gaussian_noise=0.1),
