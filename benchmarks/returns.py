@@ -374,7 +374,8 @@ def write_report(csv_path: Path, out_dir: Path, at_steps: Sequence[int] | None =
     """
     Plots (one PNG per env) and ``tables.md`` from the CSV alone.
 
-    :param at_steps: also tabulate, per env, config and seed, the evaluation return at these steps
+    :param at_steps: also tabulate, per env, config and seed, the evaluation return at those of these steps that the
+        env's evaluations hit
     """
     import matplotlib
 
@@ -429,17 +430,19 @@ def write_report(csv_path: Path, out_dir: Path, at_steps: Sequence[int] | None =
                 f"| {config} | {len(cell['seeds'])} | {cell['final_mean']:.1f} +- {cell['final_std']:.1f} | "
                 f"{cell['auc_mean']:.1f} +- {cell['auc_std']:.1f} | {cell['seconds']:.0f} | {cell['steps_per_second']:.0f} |"
             )
-        if at_steps:
+        # The asked-for steps that this env's evaluations hit (the envs evaluate at different intervals)
+        env_steps = [step for step in at_steps or [] if any(step in summary[(env, c)]["steps"] for c in configs)]
+        if env_steps:
             lines += [
                 "",
-                "| config | seed | " + " | ".join(f"{step:,}" for step in at_steps) + " |",
-                "|---|---|" + "---|" * len(at_steps),
+                "| config | seed | " + " | ".join(f"{step:,}" for step in env_steps) + " |",
+                "|---|---|" + "---|" * len(env_steps),
             ]
             for config in configs:
                 cell = summary[(env, config)]
                 steps = list(cell["steps"])
                 for seed, curve in zip(cell["seeds"], cell["returns"], strict=True):
-                    values = [f"{curve[steps.index(step)]:.0f}" if step in steps else "" for step in at_steps]
+                    values = [f"{curve[steps.index(step)]:.0f}" if step in steps else "" for step in env_steps]
                     lines.append(f"| {config} | {seed} | " + " | ".join(values) + " |")
     tables = out_dir / "tables.md"
     tables.write_text("\n".join(lines) + "\n")

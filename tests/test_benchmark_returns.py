@@ -97,6 +97,12 @@ def test_tiny_matrix_csv_resume_and_report(tmp_path):
         line = next(line for line in table.splitlines() if line.startswith(f"| {config} |"))
         cell = returns.summarise(rows)[("Pendulum-v1", config)]
         assert f"| 2 | {cell['final_mean']:.1f} +- {cell['final_std']:.1f} |" in line
+    # Per-seed returns at chosen steps: only the steps this env's evaluations hit become columns
+    returns.write_report(csv_path, tmp_path, at_steps=[200, 300, 400])
+    table = (tmp_path / "tables.md").read_text()
+    assert "| config | seed | 200 | 400 |" in table
+    seed_line = next(line for line in table.splitlines() if line.startswith("| paper | 0 |"))
+    assert seed_line.count("|") == 5 and "|  |" not in seed_line
 
 
 def test_summary_numbers():
