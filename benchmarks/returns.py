@@ -24,8 +24,10 @@ import contextlib
 import csv
 import dataclasses
 import fcntl
+import json
 import multiprocessing as mp
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -174,34 +176,79 @@ def evaluate(model: Any, eval_env: Any, n_episodes: int, seed: int) -> tuple[flo
     return float(mean), float(std)
 
 
-def execute(run: Run, progress_path: Path | None = None) -> list[dict[str, Any]]:
-    """Train one cell and return its evaluation rows (runs in a child process)."""
+ROWS_NAME = "rows.csv"  # in a run's working directory: its evaluations so far (same columns as the matrix CSV)
+SETTINGS_NAME = "run.json"  # in a run's working directory: the run's settings, which a resume must match
+
+
+def algorithm_class(config: Config) -> Any:
+    if config.algo == "paper":
+        from sb3_ddpg_paper import PaperDDPG
+
+        return PaperDDPG
+    from stable_baselines3 import DDPG, TD3
+
+    return {"sb3-ddpg": DDPG, "sb3-td3": TD3}[config.algo]
+
+
+def resume_point(run: Run, work_dir: Path) -> tuple[Path, list[dict[str, Any]]] | None:
+    """
+    The newest complete checkpoint of an interrupted run with these settings, and its evaluations up to that step;
+    ``None`` when there is nothing (consistent) to resume.
+    """
+    from sb3_ddpg_paper.checkpoints import CheckpointError, latest_checkpoint, verify_checkpoint
+
+    try:
+        if json.loads((work_dir / SETTINGS_NAME).read_text()) != dataclasses.asdict(run):
+            return None
+        checkpoint = latest_checkpoint(work_dir)
+        step = verify_checkpoint(checkpoint)["num_timesteps"]
+        rows = [row for row in read_rows(work_dir / ROWS_NAME) if row["step"] <= step]
+    except (OSError, ValueError, CheckpointError):
+        return None
+    # Checkpoints are taken at evaluation steps, after the evaluation is written: the rows must reach the checkpoint
+    return (checkpoint, rows) if rows and rows[-1]["step"] == step else None
+
+
+def execute(run: Run, work_dir: Path | None = None) -> list[dict[str, Any]]:
+    """
+    Train one cell and return its evaluation rows (runs in a child process).
+
+    With a ``work_dir``, the run writes its evaluations so far (``rows.csv``) and a crash-safe checkpoint at every
+    evaluation (:mod:`sb3_ddpg_paper.checkpoints`: model, optimizers, replay buffer, RNGs, noise, and the environment
+    mid-episode, MuJoCo physics included), and an interrupted run resumes from its last checkpoint, continuing exactly
+    as the uninterrupted run would have (on CPU). ``train_seconds`` counts training only: not evaluations, checkpoint
+    writes, or the time between an interruption and the resume.
+    """
     import gymnasium as gym
     import torch as th
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.monitor import Monitor
     from stable_baselines3.common.vec_env import DummyVecEnv
 
+    from sb3_ddpg_paper.checkpoints import CrashSafeCheckpointCallback, load_checkpoint
+
     th.set_num_threads(1)
     # Every configuration runs with denormals flushed to zero: without it, Adam's moments of units whose gradient is
     # zero decay into the denormal range and every update becomes several times slower (SB3's algorithms too).
     th.set_flush_denormal(True)
     config = CONFIGS[run.config]
-    env = gym.make(run.env)
     eval_env = DummyVecEnv([lambda: Monitor(gym.make(run.env))])
     eval_seed = 10_000 + run.seed
-    model = make_model(config, env, run.seed)
-    rows: list[dict[str, Any]] = []
-    clock = {"train": 0.0, "since": time.perf_counter()}
+    resume = None if work_dir is None else resume_point(run, work_dir)
+    if work_dir is not None and resume is None:  # a new run: nothing left of an older one with other settings
+        shutil.rmtree(work_dir, ignore_errors=True)
+        work_dir.mkdir(parents=True)
+        (work_dir / SETTINGS_NAME).write_text(json.dumps(dataclasses.asdict(run)))
+    rows: list[dict[str, Any]] = [] if resume is None else resume[1]
+    clock = {"train": rows[-1]["train_seconds"] if rows else 0.0, "since": 0.0}
 
     def record(step: int) -> None:
         clock["train"] += time.perf_counter() - clock["since"]
         mean, std = evaluate(model, eval_env, run.n_eval_episodes, eval_seed)
-        row = dict(zip(FIELDS, [run.config, run.env, run.seed, run.budget, step, mean, std, clock["train"]], strict=True))
-        rows.append(row)
-        if progress_path is not None:  # for watching a long matrix; the CSV only takes finished runs
-            with open(progress_path, "a") as file:
-                file.write(f"{step},{mean:.2f},{clock['train']:.1f}\n")
+        values = [run.config, run.env, run.seed, run.budget, step, mean, std, clock["train"]]
+        rows.append(dict(zip(FIELDS, values, strict=True)))
+        if work_dir is not None:  # before the checkpoint of this step: a checkpoint's evaluations are always on disk
+            write_rows(work_dir / ROWS_NAME, rows)
         clock["since"] = time.perf_counter()
 
     class EvalEvery(BaseCallback):
@@ -210,20 +257,54 @@ def execute(run: Run, progress_path: Path | None = None) -> list[dict[str, Any]]
                 record(self.num_timesteps)
             return True
 
-    record(0)
-    model.learn(run.budget, callback=EvalEvery())
+    class Checkpoints(CrashSafeCheckpointCallback):
+        def save(self) -> Path:
+            started = time.perf_counter()
+            path = super().save()
+            clock["since"] += time.perf_counter() - started  # not training time
+            return path
+
+    if resume is None:
+        model = make_model(config, gym.make(run.env), run.seed)
+        clock["since"] = time.perf_counter()
+        record(0)
+    else:
+        model = load_checkpoint(resume[0], algorithm_class=algorithm_class(config))
+        clock["since"] = time.perf_counter()
+    callbacks: list[BaseCallback] = [EvalEvery()]
+    if work_dir is not None:
+        callbacks.append(Checkpoints(work_dir, save_freq=run.eval_freq, keep_last=1))
+    if model.num_timesteps < run.budget:
+        model.learn(run.budget - model.num_timesteps, callback=callbacks, reset_num_timesteps=resume is None)
     if rows[-1]["step"] != run.budget:
         record(run.budget)
-    env.close()
+    model.env.close()
     eval_env.close()
     return rows
 
 
+def work_dir_of(run: Run, progress_dir: Path) -> Path:
+    """Where a run in progress keeps its evaluations and checkpoints (removed once the run is in the CSV)."""
+    return progress_dir / f"{run.config}__{run.env}__{run.seed}"
+
+
+def _remove_work_dir(work_dir: Path) -> None:
+    shutil.rmtree(work_dir, ignore_errors=True)
+    work_dir.with_name(f"{work_dir.name}.lock").unlink(missing_ok=True)
+
+
 def _execute_in_child(args: tuple[Run, str | None]) -> tuple[Run, list[dict[str, Any]] | None, str | None]:
     run, progress_dir = args
-    progress = None if progress_dir is None else Path(progress_dir) / f"{run.config}__{run.env}__{run.seed}.csv"
     try:
-        return run, execute(run, progress), None
+        if progress_dir is None:
+            return run, execute(run), None
+        work_dir = work_dir_of(run, Path(progress_dir))
+        with open(work_dir.with_name(f"{work_dir.name}.lock"), "w") as lock_file:
+            try:  # one process per run: two writers would overwrite each other's checkpoints
+                fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return run, None, "this run is already running in another matrix process"
+            return run, execute(run, work_dir), None
     except Exception as error:  # a failed cell must not stop the matrix; it is reported and retried next time
         return run, None, f"{type(error).__name__}: {error}"
 
@@ -308,11 +389,18 @@ def run_matrix(runs: list[Run], csv_path: Path, jobs: int, log: Callable[[str], 
     """Run what is not done yet, ``jobs`` processes at a time; return the failures."""
     done = completed(read_rows(csv_path))
     todo = [run for run in runs if run.key not in done]
-    log(f"{len(runs)} runs in the matrix, {len(runs) - len(todo)} already done, {len(todo)} to run with {jobs} processes")
+    progress_dir = csv_path.parent / ".progress"
+    for run in runs:  # finished runs need no checkpoints (e.g. the CSV was written, then the process was killed)
+        if run.key in done:
+            _remove_work_dir(work_dir_of(run, progress_dir))
+    resumable = sum(resume_point(run, work_dir_of(run, progress_dir)) is not None for run in todo)
+    log(
+        f"{len(runs)} runs in the matrix, {len(runs) - len(todo)} already done, {len(todo)} to run with {jobs} "
+        f"processes ({resumable} resume from a checkpoint)"
+    )
     failures: list[str] = []
     if not todo:
         return failures
-    progress_dir = csv_path.parent / ".progress"
     progress_dir.mkdir(parents=True, exist_ok=True)
     # Longest first, so that the matrix does not end with one long run on an otherwise idle machine
     todo.sort(key=lambda r: -r.budget)
@@ -325,7 +413,7 @@ def run_matrix(runs: list[Run], csv_path: Path, jobs: int, log: Callable[[str], 
                 continue
             assert rows is not None
             record_run(csv_path, run.key, rows)
-            (progress_dir / f"{run.config}__{run.env}__{run.seed}.csv").unlink(missing_ok=True)
+            _remove_work_dir(work_dir_of(run, progress_dir))
             seconds = rows[-1]["train_seconds"]
             log(
                 f"done {run.key}: final {rows[-1]['eval_mean']:.1f} after {run.budget} steps, "
@@ -486,12 +574,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.command == "list":
         done = completed(read_rows(csv_path))
+        total = 0
         for run in runs:
+            resume = None if run.key in done else resume_point(run, work_dir_of(run, csv_path.parent / ".progress"))
+            at = 0 if resume is None else resume[1][-1]["step"]
+            total += 0 if run.key in done else run.budget - at
             print(
                 f"{'done' if run.key in done else 'todo'}  {run.config:24s} {run.env:22s} seed {run.seed}  "
-                f"{run.budget:>7} steps, eval every {run.eval_freq}"
+                f"{run.budget:>7} steps, eval every {run.eval_freq}" + (f"; checkpoint at {at}" if at else "")
             )
-        total = sum(r.budget for r in runs if r.key not in done)
         print(f"{sum(r.key in done for r in runs)}/{len(runs)} done; {total:,} environment steps to go")
         return 0
     failures = run_matrix(runs, csv_path, max(1, args.jobs))

@@ -47,6 +47,7 @@ import cloudpickle
 import numpy as np
 import torch as th
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback
 from gymnasium.utils import EzPickle
 from stable_baselines3.common.vec_env import VecEnvWrapper, unwrap_vec_normalize
@@ -219,24 +220,67 @@ def _set_rng_states(states: dict[str, Any]) -> None:
         th.cuda.set_rng_state_all(states["torch_cuda"])
 
 
+def _mujoco_env_class() -> type | None:
+    try:
+        from gymnasium.envs.mujoco.mujoco_env import MujocoEnv
+    except ImportError:  # mujoco not installed: no MuJoCo env can be in use
+        return None
+    return MujocoEnv
+
+
+def _physics_state(env: Any) -> dict[str, Any]:
+    """A MuJoCo env's simulation data (state, warm start and derived quantities: all of ``MjData``) and its RNG."""
+    return {"mj_data": env.data, "np_random": env._np_random}
+
+
+def _set_physics_state(env: Any, saved: dict[str, Any]) -> None:
+    import mujoco
+
+    mujoco.mj_copyData(env.data, env.model, saved["mj_data"])
+    env._np_random = saved["np_random"]
+
+
+def _sub_envs(venv: Any) -> list[Any]:
+    while isinstance(venv, VecEnvWrapper):
+        venv = venv.venv
+    return list(getattr(venv, "envs", []))
+
+
 def _env_snapshot(model: "PaperDDPG") -> tuple[bytes | None, str | None]:
-    """Pickle the training VecEnv together with the model's action space (they are often the same object)."""
+    """
+    Pickle the training VecEnv together with the model's action space (they are often the same object) and, for
+    MuJoCo envs, their physics state.
+    """
     if model.env is None:
         return None, "the model has no environment"
     if unwrap_vec_normalize(model.env) is not None:
         return None, "VecNormalize does not pickle its wrapped environment"
-    venv: Any = model.env
-    while isinstance(venv, VecEnvWrapper):
-        venv = venv.venv
-    for env in getattr(venv, "envs", []):
+    mujoco_env = _mujoco_env_class()
+    physics: list[dict[str, Any] | None] = []
+    for env in _sub_envs(model.env):
+        state = None
         while env is not None:
-            if isinstance(env, EzPickle):  # MuJoCo, Box2D...: a pickle holds the constructor arguments, not the state
-                return None, f"{type(env).__name__} pickles its constructor arguments, not its state (EzPickle)"
+            if isinstance(env, EzPickle):  # a pickle holds the constructor arguments, not the state
+                if mujoco_env is not None and isinstance(env, mujoco_env) and getattr(env, "env", None) is None:
+                    # MuJoCo: the unpickled env is rebuilt from its arguments, then given the saved physics state
+                    state = _physics_state(env)
+                else:  # Box2D...: no public way to set the simulator's state
+                    return None, f"{type(env).__name__} pickles its constructor arguments, not its state (EzPickle)"
             env = getattr(env, "env", None)
+        physics.append(state)
     try:
-        return cloudpickle.dumps((model.env, model.action_space)), None
+        return cloudpickle.dumps((model.env, model.action_space, physics)), None
     except Exception as error:  # SubprocVecEnv, open files, simulators with native handles...
         return None, f"the environment cannot be pickled ({type(error).__name__}: {error})"
+
+
+def _env_from_snapshot(data: bytes) -> tuple[Any, Any]:
+    """The VecEnv and action space of :func:`_env_snapshot`, MuJoCo physics put back where it was."""
+    env, action_space, *rest = pickle.loads(data)  # checkpoints before MuJoCo snapshots hold (env, action_space)
+    for sub_env, state in zip(_sub_envs(env), rest[0] if rest else [], strict=False):
+        if state is not None:
+            _set_physics_state(sub_env.unwrapped, state)
+    return env, action_space
 
 
 def _training_state(model: "PaperDDPG") -> dict[str, Any]:
@@ -329,7 +373,7 @@ def load_checkpoint(
     directory: str | os.PathLike,
     env: GymEnv | None = None,
     device: th.device | str = "auto",
-    algorithm_class: type["PaperDDPG"] | None = None,
+    algorithm_class: type[OffPolicyAlgorithm] | None = None,
 ) -> "PaperDDPG":
     """
     Load the newest complete checkpoint of ``directory``: model, optimizers, replay buffer, counters, noise and RNGs.
@@ -341,7 +385,9 @@ def load_checkpoint(
         run continues exactly. An environment: used instead (required when the training env could not be pickled,
         e.g. ``SubprocVecEnv``); it starts new episodes, so the run continues but not bit for bit.
     :param device: device of the loaded model
-    :param algorithm_class: the class to load with (default :class:`~sb3_ddpg_paper.PaperDDPG`)
+    :param algorithm_class: the class to load with (default :class:`~sb3_ddpg_paper.PaperDDPG`; SB3's off-policy
+        algorithms too: their RNG and noise state is put back by :class:`CrashSafeCheckpointCallback` at the start of
+        the next ``learn()``)
     :return: the model, ready to continue learning
     """
     if algorithm_class is None:
@@ -363,9 +409,9 @@ def load_checkpoint(
                 f"{path} holds no environment snapshot ({state['env_problem']}): pass the environment, "
                 "e.g. load_checkpoint(directory, env=make_env())."
             )
-        env, action_space = pickle.loads(state["env"])
+        env, action_space = _env_from_snapshot(state["env"])
     # The saved env keeps the saved last observation (the episode goes on); a new env is reset
-    model = algorithm_class.load(path / MODEL_NAME, env=env, device=device, force_reset=not exact_env)
+    model: Any = algorithm_class.load(path / MODEL_NAME, env=env, device=device, force_reset=not exact_env)
     if action_space is not None:
         model.action_space = action_space  # the one the env holds: they share a generator
     # The saved env continues the episode in progress (HER: do not truncate the last trajectory); a new env does not
@@ -412,6 +458,12 @@ class CrashSafeCheckpointCallback(BaseCallback):
 
     def _on_training_start(self) -> None:
         self._in_rollout = False
+        # PaperDDPG puts back the resumed state in _setup_learn; other SB3 algorithms (DDPG, TD3...) do it here
+        resume_state = getattr(self.model, "_resume_state", None)
+        if resume_state is not None:
+            self.model._resume_state = None  # type: ignore[attr-defined]
+            if self.model._num_timesteps_at_start > 0:  # learn(..., reset_num_timesteps=False): a continuation
+                restore_training_state(self.model, *resume_state)  # type: ignore[arg-type]
         checkpoints = list_checkpoints(self.directory)
         self._last_saved = (_step_of(checkpoints[-1]) or 0) if checkpoints else 0
 
@@ -450,6 +502,7 @@ def learn_with_checkpoints(
     log_interval: int = 4,
     env: GymEnv | None = None,
     device: th.device | str = "auto",
+    algorithm_class: type[OffPolicyAlgorithm] | None = None,
 ) -> "PaperDDPG":
     """
     Train for ``total_timesteps`` with crash-safe checkpoints, resuming from the newest complete checkpoint of
@@ -466,11 +519,13 @@ def learn_with_checkpoints(
     :param log_interval: as in ``learn()``
     :param env: when resuming: ``None`` for the saved environment (exact), or an environment (see :func:`load_checkpoint`)
     :param device: device when resuming
+    :param algorithm_class: the class of ``make_model``'s model, to resume with (default
+        :class:`~sb3_ddpg_paper.PaperDDPG`; SB3's off-policy algorithms, e.g. ``TD3``, resume exactly too)
     :return: the trained model
     """
     checkpoint_callback = CrashSafeCheckpointCallback(directory, save_freq, keep_last)
     if list_checkpoints(directory):
-        model = load_checkpoint(directory, env=env, device=device)
+        model = load_checkpoint(directory, env=env, device=device, algorithm_class=algorithm_class)
         reset_num_timesteps = False
     else:
         model = make_model()

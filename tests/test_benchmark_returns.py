@@ -1,6 +1,7 @@
 """The learning-curve matrix machinery (benchmarks/returns.py) on a tiny matrix: CSV schema, resume, plots, tables."""
 
 import csv
+import dataclasses
 import os
 import signal
 import subprocess
@@ -149,3 +150,52 @@ def test_matrix_processes_sharing_one_csv_lose_no_run(tmp_path):
         worker.join(timeout=120)
         assert worker.exitcode == 0
     assert len(returns.completed(returns.read_rows(csv_path))) == 50
+
+
+@pytest.mark.parametrize(("config", "budget", "eval_freq"), [("paper", 1_500, 500), ("sb3-td3", 600, 200)])
+def test_interrupted_run_resumes_from_its_checkpoint_exactly(tmp_path, monkeypatch, config, budget, eval_freq):
+    import sb3_ddpg_paper.checkpoints as checkpoints
+
+    run = returns.Run(config, "Pendulum-v1", 0, budget, eval_freq, n_eval_episodes=1)
+    reference = returns.execute(run)  # uninterrupted, no checkpoints
+    work_dir = tmp_path / "run"
+    save, evaluate = checkpoints.save_checkpoint, returns.evaluate
+
+    def save_failing_at(step):
+        def failing(model, *args, **kwargs):
+            if model.num_timesteps == step:
+                raise KeyboardInterrupt("killed while writing a checkpoint")
+            return save(model, *args, **kwargs)
+
+        return failing
+
+    # 1. Killed after the evaluation at 2 * eval_freq was written, before its checkpoint: resumes from eval_freq
+    monkeypatch.setattr(checkpoints, "save_checkpoint", save_failing_at(2 * eval_freq))
+    with pytest.raises(KeyboardInterrupt):
+        returns.execute(run, work_dir)
+    assert [r["step"] for r in returns.read_rows(work_dir / returns.ROWS_NAME)] == [0, eval_freq, 2 * eval_freq]
+    checkpoint, rows = returns.resume_point(run, work_dir)
+    assert checkpoint.name.endswith(f"{eval_freq:012d}") and [r["step"] for r in rows] == [0, eval_freq]
+    # 2. Killed during the evaluation at the budget: resumes from 2 * eval_freq
+    monkeypatch.setattr(checkpoints, "save_checkpoint", save)
+    calls = []
+
+    def evaluate_failing_at_budget(model, *args):
+        if model.num_timesteps == budget:
+            raise KeyboardInterrupt("killed during an evaluation")
+        calls.append(model.num_timesteps)
+        return evaluate(model, *args)
+
+    monkeypatch.setattr(returns, "evaluate", evaluate_failing_at_budget)
+    with pytest.raises(KeyboardInterrupt):
+        returns.execute(run, work_dir)
+    assert calls == [2 * eval_freq]  # nothing before the checkpoint was trained or evaluated again
+    assert returns.resume_point(run, work_dir)[1][-1]["step"] == 2 * eval_freq
+    # 3. The resumed run ends exactly where the uninterrupted one did
+    monkeypatch.setattr(returns, "evaluate", evaluate)
+    resumed = returns.execute(run, work_dir)
+    assert [r["step"] for r in resumed] == [r["step"] for r in reference] == list(range(0, budget + 1, eval_freq))
+    assert [f"{r['eval_mean']:.3f}" for r in resumed] == [f"{r['eval_mean']:.3f}" for r in reference]
+    assert len({r["eval_mean"] for r in reference}) > 1  # the policy changed: training happened between evaluations
+    # A checkpoint of other settings is never resumed
+    assert returns.resume_point(dataclasses.replace(run, budget=2 * budget), work_dir) is None
