@@ -33,7 +33,13 @@ def main() -> None:
         resume = time.perf_counter() - start
         print(f"checkpoint write {write:.2f} s, resume {resume:.2f} s")
         for name, size in sizes.items():
-            print(f"  {name}: {size / 2**20:.1f} MiB")
+            print(f"  {name}: {size / 2**20:.2f} MiB")
+        start = time.perf_counter()
+        model.save_replay_buffer(Path(directory) / "sb3.pkl")  # SB3's own: the preallocated arrays whole
+        print(
+            f"  SB3's save_replay_buffer of the same buffer: {(Path(directory) / 'sb3.pkl').stat().st_size / 2**20:.1f} "
+            f"MiB in {time.perf_counter() - start:.2f} s"
+        )
         start = time.perf_counter()
         export_policy(model, Path(directory) / "actor.safetensors")
         exported = time.perf_counter() - start

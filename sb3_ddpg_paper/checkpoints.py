@@ -1,13 +1,13 @@
 """
-Crash-safe checkpoints and exact resume for :class:`~sb3_ddpg_paper.PaperDDPG`.
+Crash-safe checkpoints and exact resume for :class:`~sb3_ddpg_paper.PaperDDPG` (and SB3's off-policy algorithms).
 
 A checkpoint is a directory ``checkpoint_<num_timesteps>`` holding ``model.zip`` (the model, its optimizers and
-counters), ``replay_buffer.pkl``, ``state.pkl`` (every random generator, the exploration noise, and a snapshot of the
-environment when it can be pickled) and ``manifest.json`` (size and SHA-256 of each file). It is written in a temporary
-directory inside the checkpoint directory; every file and the temporary directory are fsynced, then the temporary
-directory is renamed to its final name (an atomic ``rename``) and the parent directory is fsynced. A crash at any
-moment, SIGKILL during a write included, therefore leaves either no new checkpoint or a complete one; checkpoints whose
-manifest does not match their files are skipped when resuming.
+counters), ``replay_buffer.pkl`` (the filled rows only), ``state.pkl`` (every random generator, the exploration noise,
+and a snapshot of the environment when it can be pickled, MuJoCo physics included) and ``manifest.json`` (size and
+SHA-256 of each file). It is written in a temporary directory inside the checkpoint directory; every file and the
+temporary directory are fsynced, then the temporary directory is renamed to its final name (an atomic ``rename``) and
+the parent directory is fsynced. A crash at any moment, SIGKILL during a write included, therefore leaves either no new
+checkpoint or a complete one; checkpoints whose manifest does not match their files are skipped when resuming.
 
 Checkpoints are taken at the start of a rollout (after the previous gradient steps, before the next action), the one
 point of SB3's loop where the model, the replay buffer and the environment agree. Resuming puts back everything that
@@ -317,6 +317,61 @@ def restore_training_state(model: "PaperDDPG", state: dict[str, Any], exact_env:
         model.action_space._np_random = state["action_space_rng"]
 
 
+# ---------------------------------------------------------------------------------------------------- replay buffer
+def _rows_of(value: Any, buffer_size: int) -> bool:
+    """Whether ``value`` is one of a replay buffer's preallocated per-transition arrays (object arrays are kept)."""
+    return isinstance(value, np.ndarray) and value.ndim >= 1 and value.shape[0] == buffer_size and value.dtype != object
+
+
+class _FilledRows:
+    """
+    Pickles a replay buffer with only the rows filled so far; unpickling gives back the full-size buffer
+    (:func:`_full_buffer`), so ``OffPolicyAlgorithm.load_replay_buffer`` reads the file as any SB3 buffer pickle.
+    SB3's own ``save_replay_buffer`` writes the preallocated arrays whole: 1e6 transitions from the first checkpoint on.
+    """
+
+    def __init__(self, buffer: Any):
+        self.buffer = buffer
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        buffer = self.buffer
+        state = dict(buffer.__getstate__())  # a copy of its attributes (HerReplayBuffer leaves out its env)
+        filled = buffer.buffer_size if buffer.full else buffer.pos
+        trimmed = []
+        for name, value in state.items():
+            if _rows_of(value, buffer.buffer_size):
+                state[name] = value[:filled]
+            elif isinstance(value, dict) and value and all(_rows_of(v, buffer.buffer_size) for v in value.values()):
+                state[name] = {key: array[:filled] for key, array in value.items()}  # DictReplayBuffer
+            else:
+                continue
+            trimmed.append(name)
+        return _full_buffer, (type(buffer), state, trimmed, buffer.buffer_size)
+
+
+def _full_buffer(cls: type, state: dict[str, Any], trimmed: list[str], buffer_size: int) -> Any:
+    def full(rows: np.ndarray) -> np.ndarray:
+        array = np.zeros((buffer_size, *rows.shape[1:]), dtype=rows.dtype)  # as SB3 preallocates them
+        array[: len(rows)] = rows
+        return array
+
+    for name in trimmed:
+        value = state[name]
+        state[name] = {key: full(rows) for key, rows in value.items()} if isinstance(value, dict) else full(value)
+    buffer = cls.__new__(cls)
+    if hasattr(buffer, "__setstate__"):
+        buffer.__setstate__(state)
+    else:
+        buffer.__dict__.update(state)
+    return buffer
+
+
+def _write_replay_buffer(buffer: Any, path: Path) -> None:
+    """Only the filled rows; SB3's ``load_replay_buffer`` reads the file back as the full-size buffer."""
+    with open(path, "wb") as file:
+        pickle.dump(_FilledRows(buffer), file, protocol=pickle.HIGHEST_PROTOCOL)
+
+
 # ---------------------------------------------------------------------------------------------------- save / load
 def save_checkpoint(model: "PaperDDPG", directory: str | os.PathLike, keep_last: int | None = None) -> Path:
     """
@@ -340,7 +395,8 @@ def save_checkpoint(model: "PaperDDPG", directory: str | os.PathLike, keep_last:
     tmp = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{name}-", dir=directory))
     try:
         model.save(tmp / MODEL_NAME)
-        model.save_replay_buffer(tmp / REPLAY_BUFFER_NAME)
+        assert model.replay_buffer is not None
+        _write_replay_buffer(model.replay_buffer, tmp / REPLAY_BUFFER_NAME)
         with open(tmp / STATE_NAME, "wb") as file:
             pickle.dump(_training_state(model), file, protocol=pickle.HIGHEST_PROTOCOL)
         files = {}

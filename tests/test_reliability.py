@@ -19,7 +19,7 @@ from stable_baselines3.common.envs import BitFlippingEnv
 from stable_baselines3.common.noise import NormalActionNoise
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
-from sb3_ddpg_paper import PaperDDPG
+from sb3_ddpg_paper import PaperDDPG, checkpoints
 from sb3_ddpg_paper.checkpoints import (
     MANIFEST_NAME,
     CheckpointError,
@@ -164,6 +164,20 @@ def test_exact_resume_with_her(tmp_path):
     assert_same_parameters(resumed, uninterrupted)
 
 
+@pytest.mark.parametrize("buffer_size", [1_000_000, 64])  # partly filled; full, wrapped around
+def test_checkpoints_hold_only_the_filled_rows_of_the_replay_buffer(tmp_path, buffer_size):
+    model = PaperDDPG("MlpPolicy", "Pendulum-v1", buffer_size=buffer_size, learning_starts=50, batch_size=16,
+                      policy_kwargs=dict(net_arch=[16, 16]), seed=0)  # fmt: skip
+    model.learn(100, callback=CrashSafeCheckpointCallback(tmp_path, save_freq=100))
+    saved = latest_checkpoint(tmp_path) / "replay_buffer.pkl"
+    assert saved.stat().st_size < 50_000  # 100 or 64 transitions; SB3's save_replay_buffer writes 40 MB for 1e6
+    buffer, resumed = model.replay_buffer, PaperDDPG.resume(tmp_path).replay_buffer
+    assert type(resumed) is type(buffer) and (resumed.pos, resumed.full) == (buffer.pos, buffer.full)
+    for name in ("observations", "next_observations", "actions", "rewards", "dones", "timeouts"):
+        assert getattr(resumed, name).shape == getattr(buffer, name).shape
+        assert np.array_equal(getattr(resumed, name), getattr(buffer, name))
+
+
 def test_exact_resume_of_a_mujoco_env_mid_episode(tmp_path):
     # gymnasium's MuJoCo envs pickle their constructor arguments only; checkpoints add the simulator's MjData and the
     # env's generator, so a Hopper (episodes that end early: resets use that generator) resumes mid-episode exactly.
@@ -287,14 +301,14 @@ def _raise_disk_full(*args, **kwargs):
 # ---------------------------------------------------------------------------------------------------- SIGKILL
 def _train_in_child(directory: str, write_fd: int, write_delay: float) -> None:
     """Forked child: train with checkpoints; tell the parent b"R" (running) and b"W" (inside a checkpoint write)."""
-    original = PaperDDPG.save_replay_buffer
+    original = checkpoints._write_replay_buffer
 
-    def slow_save_replay_buffer(self, path):
+    def slow_write_replay_buffer(buffer, path):
         os.write(write_fd, b"W")
         time.sleep(write_delay)  # widen the window so that the kill lands inside the checkpoint write
-        original(self, path)
+        original(buffer, path)
 
-    PaperDDPG.save_replay_buffer = slow_save_replay_buffer  # type: ignore[method-assign]
+    checkpoints._write_replay_buffer = slow_write_replay_buffer
     os.write(write_fd, b"R")
     learn_with_checkpoints(make_model, directory, TOTAL, save_freq=SAVE_FREQ, keep_last=2)
     os.write(write_fd, b"D")
