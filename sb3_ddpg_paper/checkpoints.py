@@ -358,7 +358,7 @@ def _full_buffer(cls: type, state: dict[str, Any], trimmed: list[str], buffer_si
     for name in trimmed:
         value = state[name]
         state[name] = {key: full(rows) for key, rows in value.items()} if isinstance(value, dict) else full(value)
-    buffer = cls.__new__(cls)
+    buffer: Any = object.__new__(cls)
     if hasattr(buffer, "__setstate__"):
         buffer.__setstate__(state)
     else:
