@@ -172,8 +172,8 @@ def evaluate(model: Any, eval_env: Any, n_episodes: int, seed: int) -> tuple[flo
     from stable_baselines3.common.evaluation import evaluate_policy
 
     eval_env.seed(seed)
-    mean, std = evaluate_policy(model, eval_env, n_eval_episodes=n_episodes, deterministic=True)
-    return float(mean), float(std)
+    returns, _ = evaluate_policy(model, eval_env, n_eval_episodes=n_episodes, deterministic=True, return_episode_rewards=True)
+    return float(np.mean(returns)), float(np.std(returns))  # what evaluate_policy returns without return_episode_rewards
 
 
 ROWS_NAME = "rows.csv"  # in a run's working directory: its evaluations so far (same columns as the matrix CSV)
@@ -235,6 +235,13 @@ def execute(run: Run, work_dir: Path | None = None) -> list[dict[str, Any]]:
     eval_env = DummyVecEnv([lambda: Monitor(gym.make(run.env))])
     eval_seed = 10_000 + run.seed
     resume = None if work_dir is None else resume_point(run, work_dir)
+    if resume is not None:
+        try:
+            model = load_checkpoint(resume[0], algorithm_class=algorithm_class(config))
+        except Exception as error:  # e.g. written by an incompatible version: starting over is slower, never wrong
+            problem = f"{type(error).__name__}: {error}"
+            print(f"{run.key}: cannot resume from {resume[0]} ({problem}); starting over", file=sys.stderr)
+            resume = None
     if work_dir is not None and resume is None:  # a new run: nothing left of an older one with other settings
         shutil.rmtree(work_dir, ignore_errors=True)
         work_dir.mkdir(parents=True)
@@ -266,11 +273,9 @@ def execute(run: Run, work_dir: Path | None = None) -> list[dict[str, Any]]:
 
     if resume is None:
         model = make_model(config, gym.make(run.env), run.seed)
-        clock["since"] = time.perf_counter()
+    clock["since"] = time.perf_counter()
+    if resume is None:
         record(0)
-    else:
-        model = load_checkpoint(resume[0], algorithm_class=algorithm_class(config))
-        clock["since"] = time.perf_counter()
     callbacks: list[BaseCallback] = [EvalEvery()]
     if work_dir is not None:
         callbacks.append(Checkpoints(work_dir, save_freq=run.eval_freq, keep_last=1))
@@ -278,6 +283,7 @@ def execute(run: Run, work_dir: Path | None = None) -> list[dict[str, Any]]:
         model.learn(run.budget - model.num_timesteps, callback=callbacks, reset_num_timesteps=resume is None)
     if rows[-1]["step"] != run.budget:
         record(run.budget)
+    assert model.env is not None
     model.env.close()
     eval_env.close()
     return rows

@@ -199,3 +199,30 @@ def test_interrupted_run_resumes_from_its_checkpoint_exactly(tmp_path, monkeypat
     assert len({r["eval_mean"] for r in reference}) > 1  # the policy changed: training happened between evaluations
     # A checkpoint of other settings is never resumed
     assert returns.resume_point(dataclasses.replace(run, budget=2 * budget), work_dir) is None
+
+
+def test_a_checkpoint_that_cannot_be_loaded_means_starting_over(tmp_path, monkeypatch, capsys):
+    import sb3_ddpg_paper.checkpoints as checkpoints
+
+    run = returns.Run("paper", "Pendulum-v1", 0, 400, 200, n_eval_episodes=1)
+    evaluate = returns.evaluate
+
+    def evaluate_failing_at_budget(model, *args):
+        if model.num_timesteps == 400:
+            raise KeyboardInterrupt("killed during an evaluation")
+        return evaluate(model, *args)
+
+    monkeypatch.setattr(returns, "evaluate", evaluate_failing_at_budget)
+    with pytest.raises(KeyboardInterrupt):
+        returns.execute(run, tmp_path)
+    assert returns.resume_point(run, tmp_path) is not None
+    monkeypatch.setattr(returns, "evaluate", evaluate)
+    monkeypatch.setattr(checkpoints, "load_checkpoint", _raise_incompatible)
+    rows = returns.execute(run, tmp_path)
+    assert [r["step"] for r in rows] == [0, 200, 400]
+    err = capsys.readouterr().err
+    assert "cannot resume from" in err and "ValueError: written by an incompatible version); starting over" in err
+
+
+def _raise_incompatible(*args, **kwargs):
+    raise ValueError("written by an incompatible version")
