@@ -36,6 +36,7 @@ import os
 import pickle
 import random
 import shutil
+import sys
 import tempfile
 import warnings
 import zipfile
@@ -221,11 +222,10 @@ def _set_rng_states(states: dict[str, Any]) -> None:
 
 
 def _mujoco_env_class() -> type | None:
-    try:
-        from gymnasium.envs.mujoco.mujoco_env import MujocoEnv
-    except ImportError:  # mujoco not installed: no MuJoCo env can be in use
-        return None
-    return MujocoEnv
+    # Not imported here: importing MuJoCo fixes its rendering backend (MUJOCO_GL) for the process. If gymnasium's
+    # MuJoCo module is not loaded, no MuJoCo env exists.
+    module = sys.modules.get("gymnasium.envs.mujoco.mujoco_env")
+    return None if module is None else module.MujocoEnv
 
 
 def _physics_state(env: Any) -> dict[str, Any]:

@@ -1,4 +1,5 @@
 import os
+import sys
 
 import pytest
 import torch as th
@@ -7,6 +8,11 @@ import torch as th
 # per core collapses when anything else runs (ecosystem.md).
 th.set_num_threads(1)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# MuJoCo picks its rendering backend when first imported. The pixel envs default it to headless EGL, but only if they
+# make the first MuJoCo env of the process; with tests in any order, a state-based MuJoCo env made by an earlier test
+# would leave MuJoCo on its display backend and the pixel tests would abort. The same default, set before any test.
+if sys.platform.startswith("linux"):
+    os.environ.setdefault("MUJOCO_GL", "egl")
 
 # Tiny networks keep smoke tests fast; architecture tests build the paper's sizes explicitly.
 SMALL = dict(net_arch=[32, 32])
