@@ -219,18 +219,30 @@ def execute(run: Run, work_dir: Path | None = None) -> list[dict[str, Any]]:
     as the uninterrupted run would have (on CPU). ``train_seconds`` counts training only: not evaluations, checkpoint
     writes, or the time between an interruption and the resume.
     """
-    import gymnasium as gym
     import torch as th
+
+    from sb3_ddpg_paper.fast_paths import denormals_are_flushed
+
+    threads, flushed = th.get_num_threads(), denormals_are_flushed()
+    th.set_num_threads(1)
+    # Every configuration runs with denormals flushed to zero: without it, Adam's moments of units whose gradient is
+    # zero decay into the denormal range and every update becomes several times slower (SB3's algorithms too).
+    th.set_flush_denormal(True)
+    try:
+        return _train(run, work_dir)
+    finally:  # an in-process caller (the tests) gets its thread count and floating-point mode back
+        th.set_num_threads(threads)
+        th.set_flush_denormal(flushed)
+
+
+def _train(run: Run, work_dir: Path | None) -> list[dict[str, Any]]:
+    import gymnasium as gym
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.monitor import Monitor
     from stable_baselines3.common.vec_env import DummyVecEnv
 
     from sb3_ddpg_paper.checkpoints import CrashSafeCheckpointCallback, load_checkpoint
 
-    th.set_num_threads(1)
-    # Every configuration runs with denormals flushed to zero: without it, Adam's moments of units whose gradient is
-    # zero decay into the denormal range and every update becomes several times slower (SB3's algorithms too).
-    th.set_flush_denormal(True)
     config = CONFIGS[run.config]
     eval_env = DummyVecEnv([lambda: Monitor(gym.make(run.env))])
     eval_seed = 10_000 + run.seed

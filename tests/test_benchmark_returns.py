@@ -15,6 +15,8 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 import returns  # noqa: E402
 
+from sb3_ddpg_paper.fast_paths import denormals_are_flushed  # noqa: E402
+
 TINY = dict(configs=["paper", "sb3-ddpg"], envs=["Pendulum-v1"], seeds=[0, 1], steps=400, eval_freq=200, n_eval_episodes=1)
 
 
@@ -222,6 +224,8 @@ def test_a_checkpoint_that_cannot_be_loaded_means_starting_over(tmp_path, monkey
     assert [r["step"] for r in rows] == [0, 200, 400]
     err = capsys.readouterr().err
     assert "cannot resume from" in err and "ValueError: written by an incompatible version); starting over" in err
+    # Runs flush denormals (and use one thread); an in-process caller gets its own floating-point mode back
+    assert not denormals_are_flushed()
 
 
 def _raise_incompatible(*args, **kwargs):
