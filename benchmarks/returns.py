@@ -286,7 +286,7 @@ def _train(run: Run, work_dir: Path | None) -> list[dict[str, Any]]:
     if resume is None:
         model = make_model(config, gym.make(run.env), run.seed)
     clock["since"] = time.perf_counter()
-    if resume is None:
+    if not rows:  # a new run: evaluate the untrained policy
         record(0)
     callbacks: list[BaseCallback] = [EvalEvery()]
     if work_dir is not None:
@@ -299,6 +299,11 @@ def _train(run: Run, work_dir: Path | None) -> list[dict[str, Any]]:
     model.env.close()
     eval_env.close()
     return rows
+
+
+def progress_dir_of(csv_path: Path) -> Path:
+    """Where the runs in progress of a matrix CSV keep their working directories."""
+    return csv_path.parent / ".progress"
 
 
 def work_dir_of(run: Run, progress_dir: Path) -> Path:
@@ -407,7 +412,7 @@ def run_matrix(runs: list[Run], csv_path: Path, jobs: int, log: Callable[[str], 
     """Run what is not done yet, ``jobs`` processes at a time; return the failures."""
     done = completed(read_rows(csv_path))
     todo = [run for run in runs if run.key not in done]
-    progress_dir = csv_path.parent / ".progress"
+    progress_dir = progress_dir_of(csv_path)
     for run in runs:  # finished runs need no checkpoints (e.g. the CSV was written, then the process was killed)
         if run.key in done:
             _remove_work_dir(work_dir_of(run, progress_dir))
@@ -594,7 +599,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         done = completed(read_rows(csv_path))
         total = 0
         for run in runs:
-            resume = None if run.key in done else resume_point(run, work_dir_of(run, csv_path.parent / ".progress"))
+            resume = None if run.key in done else resume_point(run, work_dir_of(run, progress_dir_of(csv_path)))
             at = 0 if resume is None else resume[1][-1]["step"]
             total += 0 if run.key in done else run.budget - at
             print(
