@@ -316,18 +316,28 @@ def _remove_work_dir(work_dir: Path) -> None:
     work_dir.with_name(f"{work_dir.name}.lock").unlink(missing_ok=True)
 
 
-def _execute_in_child(args: tuple[Run, str | None]) -> tuple[Run, list[dict[str, Any]] | None, str | None]:
-    run, progress_dir = args
+def _execute_in_child(args: tuple[Run, str]) -> tuple[Run, list[dict[str, Any]] | None, str | None]:
+    """
+    Train one run in this (child) process and record it in the CSV: ``(run, rows, None)`` when it ran,
+    ``(run, None, reason)`` when it failed, and ``(run, None, None)`` when another matrix process sharing the CSV has
+    it (running, or finished since this process listed what to do).
+    """
+    run, csv_name = args
+    csv_path = Path(csv_name)
+    work_dir = work_dir_of(run, progress_dir_of(csv_path))
     try:
-        if progress_dir is None:
-            return run, execute(run), None
-        work_dir = work_dir_of(run, Path(progress_dir))
         with open(work_dir.with_name(f"{work_dir.name}.lock"), "w") as lock_file:
             try:  # one process per run: two writers would overwrite each other's checkpoints
                 fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                return run, None, "this run is already running in another matrix process"
-            return run, execute(run, work_dir), None
+                return run, None, None
+            if run.key in completed(read_rows(csv_path)):
+                return run, None, None
+            rows = execute(run, work_dir)
+            # Recorded before the lock is released (and its file removed): whoever takes the lock next sees it done
+            record_run(csv_path, run.key, rows)
+            _remove_work_dir(work_dir)
+            return run, rows, None
     except Exception as error:  # a failed cell must not stop the matrix; it is reported and retried next time
         return run, None, f"{type(error).__name__}: {error}"
 
@@ -429,19 +439,18 @@ def run_matrix(runs: list[Run], csv_path: Path, jobs: int, log: Callable[[str], 
     todo.sort(key=lambda r: -r.budget)
     context = mp.get_context("spawn")  # fresh interpreters: no inherited torch threads or RNG state
     with context.Pool(jobs, maxtasksperchild=1) as pool:
-        for run, rows, error in pool.imap_unordered(_execute_in_child, [(r, str(progress_dir)) for r in todo]):
+        for run, rows, error in pool.imap_unordered(_execute_in_child, [(r, str(csv_path)) for r in todo]):
             if error is not None:
                 failures.append(f"{run.key}: {error}")
                 log(f"FAILED {run.key}: {error}")
-                continue
-            assert rows is not None
-            record_run(csv_path, run.key, rows)
-            _remove_work_dir(work_dir_of(run, progress_dir))
-            seconds = rows[-1]["train_seconds"]
-            log(
-                f"done {run.key}: final {rows[-1]['eval_mean']:.1f} after {run.budget} steps, "
-                f"{seconds:.0f}s training ({run.budget / max(seconds, 1e-9):.0f} steps/s)"
-            )
+            elif rows is None:
+                log(f"skipped {run.key}: another matrix process is running it or has finished it")
+            else:
+                seconds = rows[-1]["train_seconds"]
+                log(
+                    f"done {run.key}: final {rows[-1]['eval_mean']:.1f} after {run.budget} steps, "
+                    f"{seconds:.0f}s training ({run.budget / max(seconds, 1e-9):.0f} steps/s)"
+                )
     return failures
 
 

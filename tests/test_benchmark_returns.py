@@ -154,6 +154,28 @@ def test_matrix_processes_sharing_one_csv_lose_no_run(tmp_path):
     assert len(returns.completed(returns.read_rows(csv_path))) == 50
 
 
+def test_a_run_another_matrix_process_has_is_not_run_again(tmp_path):
+    """Two matrix processes listed the same run: the second one neither trains it again nor records it twice."""
+    import fcntl
+
+    csv_path = tmp_path / "returns.csv"
+    (run,) = returns.plan(configs=["paper"], envs=["Pendulum-v1"], seeds=[0], steps=400, eval_freq=200, n_eval_episodes=1)
+    work_dir = returns.work_dir_of(run, returns.progress_dir_of(csv_path))
+    work_dir.parent.mkdir(parents=True)
+    with open(work_dir.with_name(f"{work_dir.name}.lock"), "w") as lock_file:  # the other process is running it
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        assert returns._execute_in_child((run, str(csv_path))) == (run, None, None)
+    assert not csv_path.exists()
+    # ... and has finished it since this process listed its work: only the other process's rows are in the CSV
+    finished = [
+        dict(config="paper", env="Pendulum-v1", seed=0, budget=400, step=400, eval_mean=-1.0, eval_std=0.0, train_seconds=1.0)
+    ]
+    returns.record_run(csv_path, run.key, finished)
+    assert returns._execute_in_child((run, str(csv_path))) == (run, None, None)
+    assert [row["eval_mean"] for row in returns.read_rows(csv_path)] == [-1.0]
+    assert not work_dir.exists()
+
+
 @pytest.mark.parametrize(("config", "budget", "eval_freq"), [("paper", 1_500, 500), ("sb3-td3", 600, 200)])
 def test_interrupted_run_resumes_from_its_checkpoint_exactly(tmp_path, monkeypatch, config, budget, eval_freq):
     import sb3_ddpg_paper.checkpoints as checkpoints
