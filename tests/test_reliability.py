@@ -299,8 +299,21 @@ def _raise_disk_full(*args, **kwargs):
 
 
 # ---------------------------------------------------------------------------------------------------- SIGKILL
+class _StepSignal(BaseCallback):
+    """Tell the parent b"S" after every environment step, so that kills are placed by progress, not by wall time."""
+
+    def __init__(self, write_fd: int):
+        super().__init__()
+        self.write_fd = write_fd
+
+    def _on_step(self) -> bool:
+        os.write(self.write_fd, b"S")
+        return True
+
+
 def _train_in_child(directory: str, write_fd: int, write_delay: float) -> None:
-    """Forked child: train with checkpoints; tell the parent b"R" (running) and b"W" (inside a checkpoint write)."""
+    """Forked child: train with checkpoints; tell the parent b"R" (running), b"S" (one step) and b"W" (inside a
+    checkpoint write)."""
     original = checkpoints._write_replay_buffer
 
     def slow_write_replay_buffer(buffer, path):
@@ -310,20 +323,23 @@ def _train_in_child(directory: str, write_fd: int, write_delay: float) -> None:
 
     checkpoints._write_replay_buffer = slow_write_replay_buffer
     os.write(write_fd, b"R")
-    learn_with_checkpoints(make_model, directory, TOTAL, save_freq=SAVE_FREQ, keep_last=2)
+    learn_with_checkpoints(make_model, directory, TOTAL, save_freq=SAVE_FREQ, keep_last=2, callback=_StepSignal(write_fd))
     os.write(write_fd, b"D")
 
 
-def _wait_for(read_fd: int, token: bytes, timeout: float) -> bool:
+def _wait_for(read_fd: int, token: bytes, timeout: float, count: int = 1) -> bool:
+    """Read the child's pipe until ``token`` has been seen ``count`` times; False if the child exits or time runs out."""
     deadline = time.monotonic() + timeout
+    seen = 0
     while (left := deadline - time.monotonic()) > 0:
         ready, _, _ = select.select([read_fd], [], [], left)
         if not ready:
             break
-        data = os.read(read_fd, 64)
+        data = os.read(read_fd, 1)  # one byte at a time: tokens after the awaited one stay in the pipe
         if not data:  # the child exited
             return False
-        if token in data:
+        seen += data == token
+        if seen >= count:
             return True
     return False
 
@@ -344,6 +360,9 @@ def test_sigkill_at_random_moments_then_resume(tmp_path, reference):
     context = multiprocessing.get_context("fork")  # the child inherits the imports: no interpreter start-up per kill
     kills = 0
     for attempt in range(6):
+        # Kills are placed by progress, not by wall time, so that a fast or a loaded machine alike is killed 6 times
+        # before the 300 steps are done: even attempts at the first checkpoint write after the resume (slowed down to
+        # widen the window), odd ones after a random number of steps (a checkpoint is every 25).
         inside_write = attempt % 2 == 0
         read_fd, write_fd = os.pipe()
         child = context.Process(target=_train_in_child, args=(str(directory), write_fd, 0.15 if inside_write else 0.0))
@@ -352,24 +371,25 @@ def test_sigkill_at_random_moments_then_resume(tmp_path, reference):
         try:
             assert _wait_for(read_fd, b"R", timeout=60), "the child did not start"
             if inside_write:
-                if _wait_for(read_fd, b"W", timeout=60):
-                    time.sleep(rng.uniform(0.0, 0.2))  # inside the 0.15 s delay or the write that follows it
+                reached = _wait_for(read_fd, b"W", timeout=60)
+                if reached:
+                    time.sleep(rng.uniform(0.0, 0.2))  # inside the 0.15 s delay, the write after it, or just after
             else:
-                time.sleep(rng.uniform(0.05, 0.8))
-            if child.is_alive():
-                os.kill(child.pid, signal.SIGKILL)
-                kills += 1
+                reached = _wait_for(read_fd, b"S", timeout=60, count=rng.randint(1, SAVE_FREQ + 10))
+            assert reached, "the child finished before it could be killed"
+            os.kill(child.pid, signal.SIGKILL)
+            kills += 1
             child.join(60)
         finally:
             os.close(read_fd)
-        assert child.exitcode in (-signal.SIGKILL, 0)
+        assert child.exitcode == -signal.SIGKILL
         _assert_directory_consistent(directory)
         # Every kill leaves a resumable directory whose newest checkpoint is self-consistent
         if list_checkpoints(directory):
             model = load_checkpoint(directory)
             assert model.replay_buffer.size() == model.num_timesteps == model.action_noise.num_steps
             assert model.num_timesteps == verify_checkpoint(latest_checkpoint(directory))["num_timesteps"]
-    assert kills >= 4
+    assert kills == 6
 
     final = learn_with_checkpoints(make_model, directory, TOTAL, save_freq=SAVE_FREQ, keep_last=2)
     _assert_directory_consistent(directory)
