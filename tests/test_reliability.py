@@ -358,7 +358,6 @@ def test_sigkill_at_random_moments_then_resume(tmp_path, reference):
     directory = tmp_path / "run"
     rng = random.Random(0)
     context = multiprocessing.get_context("fork")  # the child inherits the imports: no interpreter start-up per kill
-    kills = 0
     for attempt in range(6):
         # Kills are placed by progress, not by wall time, so that a fast or a loaded machine alike is killed 6 times
         # before the 300 steps are done: even attempts at the first checkpoint write after the resume (slowed down to
@@ -378,7 +377,6 @@ def test_sigkill_at_random_moments_then_resume(tmp_path, reference):
                 reached = _wait_for(read_fd, b"S", timeout=60, count=rng.randint(1, SAVE_FREQ + 10))
             assert reached, "the child finished before it could be killed"
             os.kill(child.pid, signal.SIGKILL)
-            kills += 1
             child.join(60)
         finally:
             os.close(read_fd)
@@ -389,7 +387,6 @@ def test_sigkill_at_random_moments_then_resume(tmp_path, reference):
             model = load_checkpoint(directory)
             assert model.replay_buffer.size() == model.num_timesteps == model.action_noise.num_steps
             assert model.num_timesteps == verify_checkpoint(latest_checkpoint(directory))["num_timesteps"]
-    assert kills == 6
 
     final = learn_with_checkpoints(make_model, directory, TOTAL, save_freq=SAVE_FREQ, keep_last=2)
     _assert_directory_consistent(directory)
