@@ -12,18 +12,18 @@ cd "$(dirname "$0")/.."
 out=${1:-${OUT:-.}}
 mkdir -p "$out"
 export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
-if python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+if python3 -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
     device=cuda steps=2000
 else
     device=cpu steps=300
     echo "No CUDA device: dry run on the CPU"
 fi
-python -c "import torch, stable_baselines3 as sb3; print('torch', torch.__version__, 'sb3', sb3.__version__,
+python3 -c "import torch, stable_baselines3 as sb3; print('torch', torch.__version__, 'sb3', sb3.__version__,
       torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')" | tee "$out/gpu_versions.txt"
 
-# 1. The core tests on the device (their ids end in "on_cpu" / "on_cuda")
-python -m pytest tests -q -p no:cacheprovider -k "on_$device" 2>&1 | tee "$out/gpu_tests.log"
+# 1. The core tests on the device (tests/test_devices.py; ids end in "on_cpu" / "on_cuda")
+python3 -m pytest tests/test_devices.py -q -p no:cacheprovider -k "on_$device" 2>&1 | tee "$out/gpu_tests.log"
 
 # 2. Throughput on the device, Pendulum-v1 (no MuJoCo needed), 3 interleaved rounds
-python benchmarks/throughput.py --device "$device" --envs Pendulum-v1 --pairs 3 --train-steps "$steps" --long-steps 0 \
+python3 benchmarks/throughput.py --device "$device" --envs Pendulum-v1 --pairs 3 --train-steps "$steps" --long-steps 0 \
     --out "$out/gpu_throughput.json" 2>&1 | tee "$out/gpu_throughput.log"
