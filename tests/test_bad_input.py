@@ -256,8 +256,37 @@ def test_not_a_model_zip(tmp_path):
         (dict(action_noise="gaussian"), "action_noise must be an SB3 ActionNoise"),
         (dict(action_noise_kwargs=dict(sigma=-1.0)), "sigma must be >= 0"),
         (dict(policy_kwargs=dict(n_critics=2)), "PaperDDPG trains one critic"),
+        # Booleans are not numbers here (True == 1 would pass a range check), nor are non-finite values
+        (dict(gamma=True), r"gamma must be in \[0, 1\], got True"),
+        (dict(tau=np.bool_(True)), r"tau must be in \(0, 1\]"),
+        (dict(batch_size=True), "batch_size must be an integer >= 1, got True"),
+        (dict(learning_rate=float("nan")), "learning_rate must be a positive number"),
+        (dict(critic_weight_decay=float("inf")), "critic_weight_decay must be a number >= 0"),
+        (dict(train_freq=(2, "epoch")), r"train_freq must be an integer >= 1 or a tuple like \(5, 'step'\)"),
+        (dict(action_noise_kwargs=dict(sgima=0.3)), r"Unknown action_noise_kwargs \['sgima'\]: accepted are \['dt', "),
+        (dict(action_noise_kwargs=dict(seed=1)), r"Unknown action_noise_kwargs \['seed'\]"),  # PaperDDPG's seed sets it
     ],
 )
-def test_out_of_range_hyperparameters(kwargs, match):
+def test_out_of_range_hyperparameters(kwargs, match, monkeypatch):
+    # Refused before anything is allocated: neither the replay buffer nor the policy is built
+    built = []
+    monkeypatch.setattr("sb3_ddpg_paper.ddpg.PaperDDPG._setup_model", lambda self: built.append(self))
     with pytest.raises(ValueError, match=match):
         PaperDDPG("MlpPolicy", SpaceEnv(), **kwargs)
+    assert not built
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(tau=np.float32(0.001)),
+        dict(learning_rate=np.float32(1e-4), qf_learning_rate=np.float64(1e-3)),
+        dict(gamma=np.float32(0.99), critic_weight_decay=np.float32(0.01)),
+        dict(buffer_size=np.int64(500), batch_size=np.int32(16), learning_starts=np.int64(10)),
+    ],
+)
+def test_numpy_scalars_are_valid_hyperparameters(kwargs):
+    model = PaperDDPG("MlpPolicy", SpaceEnv(), policy_kwargs=dict(net_arch=[8]), **{"buffer_size": 500, **kwargs})
+    for name, value in kwargs.items():
+        stored = model.policy_kwargs[name] if name == "critic_weight_decay" else getattr(model, name)
+        assert stored == pytest.approx(value.item()) and type(stored) in (int, float)
