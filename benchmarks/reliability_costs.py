@@ -16,7 +16,7 @@ import torch as th
 
 from sb3_ddpg_paper import PaperDDPG
 from sb3_ddpg_paper.checkpoints import load_checkpoint, save_checkpoint
-from sb3_ddpg_paper.ddpg import _raise_if_non_finite
+from sb3_ddpg_paper.validation import raise_if_non_finite
 from sb3_ddpg_paper.export import export_policy, load_exported_policy
 
 
@@ -53,8 +53,8 @@ def main() -> None:
     n = 20_000
 
     def check() -> None:
-        _raise_if_non_finite("observation", obs, 0)  # what PaperDDPG._store_transition checks every step
-        _raise_if_non_finite("reward", reward, 0)
+        raise_if_non_finite("observation", obs, 0)  # what PaperDDPG._store_transition checks every step
+        raise_if_non_finite("reward", reward, 0)
 
     per_step = timeit.timeit(check, number=n) / n
     model.learn(100, reset_num_timesteps=False)  # warm

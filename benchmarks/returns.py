@@ -72,6 +72,11 @@ CONFIGS: dict[str, Config] = {
     "paper-no-weight-decay": Config(
         "paper", "PaperDDPG without the critic's L2 weight decay", kwargs={"critic_weight_decay": 0.0}
     ),
+    # Not in the default matrix: the warm-up length against SB3's default (docs/results.md, "Warm-up"), run with
+    # --configs paper,paper-learning-starts-100 --envs Pendulum-v1,InvertedPendulum-v5
+    "paper-learning-starts-100": Config(
+        "paper", "PaperDDPG, learning_starts=100 (SB3's default)", kwargs={"learning_starts": 100}
+    ),
     # What users would pick otherwise: SB3's own defaults, with the Gaussian exploration noise of SB3's documentation
     # examples and the RL Zoo (sigma 0.1; SB3's default is no noise at all).
     "sb3-ddpg": Config("sb3-ddpg", "SB3 DDPG defaults + Gaussian noise 0.1", gaussian_noise=0.1),

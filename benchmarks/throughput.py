@@ -382,6 +382,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         cpu_count=os.cpu_count(),
         threads=th.get_num_threads(),
         device=args.device,
+        gpu=th.cuda.get_device_name(args.device) if th.device(args.device).type == "cuda" else None,
         argv=sys.argv if argv is None else ["throughput.py", *argv],
     )
     print(json.dumps(header))

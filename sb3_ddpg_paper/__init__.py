@@ -12,6 +12,7 @@ from sb3_ddpg_paper.torch_layers import (
     init_uniform,
     init_xavier_uniform,
 )
+from sb3_ddpg_paper.validation import SpaceError
 
 __version__ = "0.1.0"
 
@@ -23,6 +24,7 @@ __all__ = [
     "PaperCNN",
     "PaperDDPG",
     "PaperDDPGPolicy",
+    "SpaceError",
     "ddpg_conv2d_block",
     "init_fan_in_uniform",
     "init_kaiming_normal",

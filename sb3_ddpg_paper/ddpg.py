@@ -3,6 +3,7 @@
 import io
 import os
 import pathlib
+import warnings
 from collections.abc import Iterable
 from typing import Any, ClassVar, TypeVar
 
@@ -15,7 +16,7 @@ from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.noise import ActionNoise, VectorizedActionNoise
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.policies import BasePolicy
-from stable_baselines3.common.preprocessing import get_action_dim, is_image_space
+from stable_baselines3.common.preprocessing import is_image_space
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, ReplayBufferSamples, Schedule
 from stable_baselines3.common.utils import FloatSchedule, update_learning_rate
 from stable_baselines3.common.vec_env import VecEnv
@@ -39,10 +40,19 @@ from sb3_ddpg_paper.mlp_update import MLPUpdate
 from sb3_ddpg_paper.noise import OrnsteinUhlenbeckNoise
 from sb3_ddpg_paper.policies import Actor, CnnPolicy, Critic, MlpPolicy, MultiInputPolicy, PaperDDPGPolicy
 from sb3_ddpg_paper.torch_layers import batch_norm_modules, frozen_running_statistics
+from sb3_ddpg_paper.validation import (
+    OU_NOISE,
+    check_action_space,
+    check_hyperparameters,
+    check_observation_space,
+    check_replay_buffer_fits,
+    make_ou_noise,
+    non_finite_entries,
+    python_scalar,
+    raise_if_non_finite,
+)
 
 SelfPaperDDPG = TypeVar("SelfPaperDDPG", bound="PaperDDPG")
-
-OU_NOISE = "ornstein-uhlenbeck"
 
 
 def _step(optimizer: th.optim.Optimizer, loss: th.Tensor) -> None:
@@ -53,88 +63,6 @@ def _step(optimizer: th.optim.Optimizer, loss: th.Tensor) -> None:
     params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
     grads = th.autograd.grad(loss, params, allow_unused=True)
     apply_gradients(optimizer, dict(zip(params, grads, strict=True)))
-
-
-def _check_positive_number_or_schedule(name: str, value: Any) -> None:
-    if callable(value):
-        return
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ValueError(f"{name} must be a positive number or a schedule (callable), got {value!r}.")
-
-
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
-
-
-def _non_finite_env(values: Any, batched: bool = True) -> int | None:
-    """Index of the first environment whose float values (array or dict of arrays) hold a NaN or inf, else None."""
-    for array in values.values() if isinstance(values, dict) else (values,):
-        array = np.asarray(array)
-        if array.dtype.kind == "f" and not np.isfinite(array).all():
-            if not batched:
-                return 0
-            return int(np.flatnonzero(~np.isfinite(array.reshape(len(array), -1)).all(axis=1))[0])
-    return None
-
-
-def _raise_if_non_finite(what: str, values: Any, num_timesteps: int, env_index: int | None = None) -> None:
-    bad_env = _non_finite_env(values, batched=env_index is None)
-    if bad_env is None:
-        return
-    env_index = bad_env if env_index is None else env_index
-    raise ValueError(
-        f"Environment {env_index} returned a non-finite {what} (NaN or inf) in the step that brought num_timesteps to "
-        f"{num_timesteps}. Training stopped before this transition entered the replay buffer: the networks, optimizers "
-        "and replay buffer are as they were before it. PaperDDPG accepts only finite observations and rewards; "
-        "SB3's VecCheckNan wrapper helps find where they come from."
-    )
-
-
-def _space_nbytes(space: spaces.Space) -> int:
-    if isinstance(space, spaces.Dict):
-        return sum(_space_nbytes(subspace) for subspace in space.spaces.values())
-    return int(np.prod(space.shape or (1,))) * np.dtype(space.dtype or np.float32).itemsize
-
-
-def _available_memory() -> int | None:
-    """Bytes of memory available to new allocations (psutil if installed, else /proc/meminfo), None if unknown."""
-    try:
-        import psutil
-
-        return int(psutil.virtual_memory().available)
-    except ImportError:
-        pass
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def _check_replay_buffer_fits(
-    buffer_size: int, observation_space: spaces.Space, action_space: spaces.Space, optimize_memory_usage: bool, n_envs: int
-) -> None:
-    """
-    Refuse a replay buffer larger than the available memory. SB3 allocates it lazily (np.zeros) and only warns when
-    psutil is installed, so an oversized pixel buffer would otherwise crash hours into training when it fills up.
-    """
-    n_transitions = max(buffer_size // n_envs, 1) * n_envs
-    # observations (s and s', or s only with optimize_memory_usage), actions, rewards, dones and timeouts (float32)
-    per_transition = (1 if optimize_memory_usage else 2) * _space_nbytes(observation_space)
-    per_transition += _space_nbytes(action_space) + 3 * 4
-    needed, available = n_transitions * per_transition, _available_memory()
-    if available is not None and needed > available:
-        fits = max(available // per_transition, 1)
-        raise ValueError(
-            f"The replay buffer would need {needed / 1e9:.1f} GB ({n_transitions} transitions of {per_transition} bytes) "
-            f"but only {available / 1e9:.1f} GB of memory is available. Pass a smaller buffer_size (at most about {fits}, "
-            "leaving room for the rest), e.g. PaperDDPG(..., buffer_size=50_000) or, when loading a model, "
-            "PaperDDPG.load(path, buffer_size=...)."
-        )
 
 
 class PaperDDPG(OffPolicyAlgorithm):
@@ -262,10 +190,16 @@ class PaperDDPG(OffPolicyAlgorithm):
         _init_setup_model: bool = True,
     ):
         policy, env = self._resolve_policy_and_env(policy, env)
+        # NumPy scalars (e.g. from a config file or a sweep) are valid numbers; SB3 expects Python ones
+        learning_rate, qf_learning_rate, buffer_size, learning_starts, batch_size, tau, gamma, gradient_steps = map(
+            python_scalar,
+            (learning_rate, qf_learning_rate, buffer_size, learning_starts, batch_size, tau, gamma, gradient_steps),
+        )
+        n_steps, critic_weight_decay = python_scalar(n_steps), python_scalar(critic_weight_decay)
         defaults = self.defaults_for(None if env is None or isinstance(env, str) else env.observation_space)
         buffer_size = defaults["buffer_size"] if buffer_size is None else buffer_size
         batch_size = defaults["batch_size"] if batch_size is None else batch_size
-        self._check_hyperparameters(
+        check_hyperparameters(
             learning_rate=learning_rate,
             qf_learning_rate=qf_learning_rate,
             buffer_size=buffer_size,
@@ -274,6 +208,7 @@ class PaperDDPG(OffPolicyAlgorithm):
             tau=tau,
             gamma=gamma,
             gradient_steps=gradient_steps,
+            train_freq=train_freq,
             n_steps=n_steps,
             critic_weight_decay=critic_weight_decay,
             target_update_interval=target_update_interval,
@@ -283,6 +218,9 @@ class PaperDDPG(OffPolicyAlgorithm):
             action_noise_kwargs=action_noise_kwargs,
             policy_kwargs=policy_kwargs,
         )
+        if action_noise == OU_NOISE and env is not None and not isinstance(env, str):
+            # Built (and its settings checked) before anything large is allocated; a loaded model keeps its saved noise
+            action_noise = make_ou_noise(env.action_space, getattr(env, "num_envs", 1), seed, action_noise_kwargs)
         super().__init__(
             policy,
             env,  # type: ignore[arg-type]
@@ -342,8 +280,8 @@ class PaperDDPG(OffPolicyAlgorithm):
         if isinstance(env, str):
             env = maybe_make_env(env, verbose=0)  # as SB3 makes it (render_mode="rgb_array" when supported)
         if env is not None:
-            cls._check_action_space(env.action_space)
-            cls._check_observation_space(env.observation_space)
+            check_action_space(env.action_space)
+            check_observation_space(env.observation_space)
         if policy is not None:
             return policy, env
         if env is None:
@@ -366,88 +304,23 @@ class PaperDDPG(OffPolicyAlgorithm):
             return dict(cls.pixel_defaults)
         return dict(cls.low_dim_defaults)
 
-    @staticmethod
-    def _check_hyperparameters(**hp: Any) -> None:
-        """Refuse out-of-range hyperparameters before anything is built, naming the parameter and what is accepted."""
-        _check_positive_number_or_schedule("learning_rate", hp["learning_rate"])
-        _check_positive_number_or_schedule("qf_learning_rate", hp["qf_learning_rate"])
-        _check_int("buffer_size", hp["buffer_size"], 1)
-        _check_int("learning_starts", hp["learning_starts"], 0)
-        _check_int("batch_size", hp["batch_size"], 1)
-        _check_int("n_steps", hp["n_steps"], 1)
-        _check_int("target_update_interval", hp["target_update_interval"], 1)
-        for name in ("actor_target_update_interval", "critic_target_update_interval"):
-            if hp[name] is not None:
-                _check_int(name, hp[name], 1)
-        if isinstance(hp["gradient_steps"], bool) or not isinstance(hp["gradient_steps"], int) or hp["gradient_steps"] < -1:
-            raise ValueError(
-                f"gradient_steps must be an integer >= -1 (-1: as many as env steps), got {hp['gradient_steps']!r}."
-            )
-        if not isinstance(hp["tau"], int | float) or not 0 < hp["tau"] <= 1:
-            raise ValueError(f"tau must be in (0, 1] (1: hard copy, i.e. no target networks), got {hp['tau']!r}.")
-        if not isinstance(hp["gamma"], int | float) or not 0 <= hp["gamma"] <= 1:
-            raise ValueError(f"gamma must be in [0, 1], got {hp['gamma']!r}.")
-        if not isinstance(hp["critic_weight_decay"], int | float) or not hp["critic_weight_decay"] >= 0:
-            raise ValueError(f"critic_weight_decay must be a number >= 0, got {hp['critic_weight_decay']!r}.")
-        noise = hp["action_noise"]
-        if not (noise is None or noise == OU_NOISE or isinstance(noise, ActionNoise)):
-            raise ValueError(f"action_noise must be an SB3 ActionNoise, {OU_NOISE!r} (the paper's) or None, got {noise!r}.")
-        if hp["action_noise_kwargs"] and noise != OU_NOISE:
-            raise ValueError(f"action_noise_kwargs is only used with action_noise={OU_NOISE!r}, got action_noise={noise!r}.")
-        policy_kwargs = hp["policy_kwargs"] or {}
-        if "critic_weight_decay" in policy_kwargs:
-            raise ValueError("Set critic_weight_decay as an argument of PaperDDPG, not in policy_kwargs.")
-        if policy_kwargs.get("n_critics", 1) != 1:
-            raise ValueError(
-                f"PaperDDPG trains one critic, as the paper does; got policy_kwargs n_critics={policy_kwargs['n_critics']!r} "
-                "(several critics are for SB3's TD3, which can use PaperDDPGPolicy)."
-            )
-
-    @staticmethod
-    def _check_action_space(action_space: spaces.Space) -> None:
-        if not isinstance(action_space, spaces.Box):
-            raise ValueError(
-                f"PaperDDPG needs a continuous (gymnasium.spaces.Box) action space with finite bounds; got {action_space}. "
-                "For discrete actions use e.g. SB3's DQN; for Dict or Tuple actions, wrap the environment so that "
-                "its actions form one Box."
-            )
-        if not (np.all(np.isfinite(action_space.low)) and np.all(np.isfinite(action_space.high))):
-            raise ValueError(
-                f"PaperDDPG needs finite action bounds (the actor's tanh output is rescaled to [low, high]); "
-                f"got {action_space}. Wrap the environment so that its action space has finite low and high bounds."
-            )
-
-    @staticmethod
-    def _check_observation_space(observation_space: spaces.Space) -> None:
-        flat = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
-        where = ""
-        if isinstance(observation_space, spaces.Dict):
-            nested = [key for key, space in observation_space.spaces.items() if not isinstance(space, flat)]
-            if not nested:
-                return
-            where, observation_space = f" (key {nested[0]!r} of the Dict)", observation_space[nested[0]]
-        elif isinstance(observation_space, flat):
-            return
-        raise ValueError(
-            f"PaperDDPG cannot take observations from the space {observation_space}{where}: accepted are Box, Discrete, "
-            "MultiDiscrete, MultiBinary, or a Dict of these (not nested). Wrap the environment, e.g. with "
-            "gymnasium.wrappers.FlattenObservation for a Tuple space."
-        )
-
     # ------------------------------------------------------------------ SB3 hooks
     def _setup_model(self) -> None:
         if self.replay_buffer is None:
-            _check_replay_buffer_fits(
+            check_replay_buffer_fits(
                 self.buffer_size, self.observation_space, self.action_space, self.optimize_memory_usage, self.n_envs
             )
         super()._setup_model()
         self.qf_lr_schedule = FloatSchedule(self.qf_learning_rate)
         self._create_aliases()
         update_learning_rate(self.critic.optimizer, self.qf_lr_schedule(self._current_progress_remaining))
-        if self.action_noise == OU_NOISE:
-            # Built here (not in __init__) because the action space is needed; a loaded model keeps its saved noise.
-            self.action_noise = OrnsteinUhlenbeckNoise(
-                get_action_dim(self.action_space), seed=self.seed, **(self.action_noise_kwargs or {})
+        if self.action_noise == OU_NOISE:  # constructed without an environment
+            self.action_noise = make_ou_noise(self.action_space, self.n_envs, self.seed, self.action_noise_kwargs)
+        if self.batch_size < 2 and batch_norm_modules(self.policy):
+            raise ValueError(
+                f"batch_size={self.batch_size} cannot be used with batch norm, which normalises each minibatch by its "
+                "own mean and variance (one sample has no variance). Use batch_size >= 2 (the paper: 64, pixels: 16), "
+                "or policy_kwargs=dict(batch_norm=False)."
             )
 
     def _create_aliases(self) -> None:
@@ -483,14 +356,25 @@ class PaperDDPG(OffPolicyAlgorithm):
     ):
         assert self.env is not None, "You must set the environment before calling learn()"
         n_envs = self.env.num_envs
-        if isinstance(self.action_noise, OrnsteinUhlenbeckNoise):
-            if self.action_noise.n_envs != n_envs:
-                self.action_noise.set_n_envs(n_envs)
-        elif isinstance(self.action_noise, VectorizedActionNoise) and self.action_noise.n_envs != n_envs:
+        if isinstance(self.action_noise, VectorizedActionNoise) and self.action_noise.n_envs != n_envs:
             # SB3 would keep a wrapper sized for the env count the model was trained with, and crash
             self.action_noise = self.action_noise.base_noise
+        if isinstance(self.action_noise, OrnsteinUhlenbeckNoise) and self.action_noise.n_envs != n_envs:
+            self.action_noise.set_n_envs(n_envs)
         self._flushed_outside = denormals_are_flushed()  # the caller's floating-point mode, restored after updates
         result = super()._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar)
+        if isinstance(self.action_noise, VectorizedActionNoise) and isinstance(
+            self.action_noise.base_noise, OrnsteinUhlenbeckNoise
+        ):
+            # SB3 wraps a noise in per-environment copies; the OU noise holds one process per environment itself
+            self.action_noise = self.action_noise.base_noise
+        if self._total_timesteps <= self.learning_starts:
+            warnings.warn(
+                f"learn() will stop at {self._total_timesteps} steps, before the first gradient step: the first "
+                f"learning_starts={self.learning_starts} steps only collect random transitions. Train for more steps "
+                "or pass a smaller learning_starts.",
+                stacklevel=3,
+            )
         # Resumed from a crash-safe checkpoint: put back the RNG and noise state that load and _setup_learn reset
         resume_state, self._resume_state = getattr(self, "_resume_state", None), None
         if resume_state is not None and not reset_num_timesteps:
@@ -499,8 +383,8 @@ class PaperDDPG(OffPolicyAlgorithm):
 
     def set_env(self, env: GymEnv, force_reset: bool = True) -> None:
         if isinstance(env, gym.Env | VecEnv):
-            self._check_action_space(env.action_space)
-            self._check_observation_space(env.observation_space)
+            check_action_space(env.action_space)
+            check_observation_space(env.observation_space)
         try:
             super().set_env(env, force_reset)
         except ValueError as error:
@@ -523,13 +407,13 @@ class PaperDDPG(OffPolicyAlgorithm):
         # A NaN/inf that enters the replay buffer poisons every later update: stop before it is stored.
         terminal = [info.get("terminal_observation") if done else None for done, info in zip(dones, infos, strict=True)]
         if self._last_obs is not getattr(self, "_last_checked_obs", None):  # a reset observation, not yet checked
-            _raise_if_non_finite("reset observation", self._last_obs, self.num_timesteps)
-        _raise_if_non_finite("observation", new_obs, self.num_timesteps)
-        _raise_if_non_finite("reward", reward, self.num_timesteps)
+            raise_if_non_finite("reset observation", self._last_obs, self.num_timesteps)
+        raise_if_non_finite("observation", new_obs, self.num_timesteps)
+        raise_if_non_finite("reward", reward, self.num_timesteps)
         self._last_checked_obs = new_obs  # becomes self._last_obs below
         for env_index, terminal_obs in enumerate(terminal):
             if terminal_obs is not None:
-                _raise_if_non_finite("terminal observation", terminal_obs, self.num_timesteps, env_index)
+                raise_if_non_finite("terminal observation", terminal_obs, self.num_timesteps, env_index)
         super()._store_transition(replay_buffer, buffer_action, new_obs, reward, dones, infos)
 
     def save(
@@ -660,6 +544,13 @@ class PaperDDPG(OffPolicyAlgorithm):
         if losses:
             # One device-to-host transfer per call, not one per loss and gradient step
             critic_loss_mean, actor_loss_mean, q_mean = (losses[0] if len(losses) == 1 else th.stack(losses).mean(0)).tolist()
+            if not np.isfinite([critic_loss_mean, actor_loss_mean]).all():
+                raise ValueError(
+                    f"The losses became non-finite (critic {critic_loss_mean}, actor {actor_loss_mean}) by update "
+                    f"{self._n_updates}: training diverged. The replay buffer holds finite data only (it is checked "
+                    "as it fills), so the cause is in the optimisation: lower the learning rates, scale the rewards, "
+                    "or keep batch norm's batch size large enough."
+                )
             self.logger.record("train/critic_loss", critic_loss_mean)
             self.logger.record("train/actor_loss", actor_loss_mean)
             self.logger.record("train/q_mean", q_mean)
@@ -706,6 +597,33 @@ class PaperDDPG(OffPolicyAlgorithm):
             flushed = self._flushed_outside = denormals_are_flushed()
         return flushed
 
+    def _sample_action(
+        self, learning_starts: int, action_noise: ActionNoise | None = None, n_envs: int = 1
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """
+        The action for the environment and the one for the replay buffer (in SB3's normalised [-1, 1] space).
+
+        Algorithm 1: a_t = mu(s_t) + N_t, added in the normalised space and clipped to the bounds, the noise shaped
+        like the action space (any Box shape, any ``ActionNoise`` of that size). The warm-up before
+        ``learning_starts`` (not in the paper) takes uniformly random actions without noise: SB3 adds the noise to
+        them as well and clips, which piles a part of them up on the bounds. The noise process still advances then,
+        so that its epsilon schedule counts every environment step.
+        """
+        if self.num_timesteps < learning_starts:
+            actions = np.array([self.action_space.sample() for _ in range(n_envs)])
+            if action_noise is not None:
+                action_noise()
+            return actions, self.policy.scale_action(actions)
+        assert self._last_obs is not None, "self._last_obs was not set"
+        actions, _ = self.predict(self._last_obs, deterministic=False)
+        scaled_actions = self.policy.scale_action(actions)
+        if action_noise is not None:
+            noise = np.asarray(action_noise())
+            if noise.size == scaled_actions.size:  # e.g. a flat noise for a (2, 2) action space
+                noise = noise.reshape(scaled_actions.shape)
+            scaled_actions = np.clip(scaled_actions + noise, -1, 1)
+        return self.policy.unscale_action(scaled_actions), scaled_actions
+
     def predict(
         self,
         observation: np.ndarray | dict[str, np.ndarray],
@@ -726,6 +644,12 @@ class PaperDDPG(OffPolicyAlgorithm):
         :param deterministic: unused
         :return: the action(s) and ``state``
         """
+        bad = non_finite_entries(observation, batched=False)
+        if bad is not None:
+            raise ValueError(
+                f"predict() got a non-finite observation ({bad[1]}): the policy would return NaN actions. Pass finite "
+                "observations (SB3's VecCheckNan wrapper finds where they come from)."
+            )
         space = self.observation_space
         if not (isinstance(observation, np.ndarray) and isinstance(space, spaces.Box) and not is_image_space(space)):
             return self.policy.predict(observation, state, episode_start, deterministic)

@@ -61,6 +61,7 @@ _EXTRACTOR_KWARGS: dict[str, dict[str, Any]] = {
     "NatureCNN": {"features_dim": "int", "normalized_image": bool},
     "CombinedExtractor": {"cnn_output_dim": "int", "normalized_image": bool},
     "PaperCNN": {
+        "features_dim": "int",
         "filters": "int",
         "n_layers": "int",
         "kernel_size": "int",
@@ -252,12 +253,12 @@ def _build_network(
     _check_keys(extractor["kwargs"], f"{where}.features_extractor.kwargs", set(), frozenset(allowed))
     extractor_kwargs: dict[str, Any] = {}
     for key, value in extractor["kwargs"].items():
-        kind, key_where = allowed[key], f"{where}.features_extractor.kwargs.{key}"
-        if kind in ("int", "int0"):
-            extractor_kwargs[key] = _int(value, key_where, 1 if kind == "int" else 0, MAX_WIDTH)
-        elif kind is float:
+        value_kind, key_where = allowed[key], f"{where}.features_extractor.kwargs.{key}"
+        if value_kind in ("int", "int0"):
+            extractor_kwargs[key] = _int(value, key_where, 1 if value_kind == "int" else 0, MAX_WIDTH)
+        elif value_kind is float:
             extractor_kwargs[key] = _number(value, key_where)
-        elif kind == "activation":
+        elif value_kind == "activation":
             _require(value in ACTIVATIONS, f"{key_where} must be one of {sorted(ACTIVATIONS)}")
             extractor_kwargs[key] = ACTIVATIONS[value]
         else:
@@ -446,7 +447,8 @@ def load_exported_policy(
         network = _build_network(description[kind], kind, observation_space, action_space, device)
         network.load_state_dict({name: tensors[f"{kind}.{name}"] for name in network.state_dict()}, strict=True)
         networks[kind] = network
-    unknown = set(tensors) - expected_names
+    # Batch norm's step counters, written by version 0.1.0 and no longer part of the networks' state
+    unknown = {name for name in set(tensors) - expected_names if not name.endswith(".num_batches_tracked")}
     _require(not unknown, f"unknown tensors {sorted(unknown)}")
     actor, critic = networks["actor"], networks.get("critic")
     assert isinstance(actor, Actor) and (critic is None or isinstance(critic, Critic))

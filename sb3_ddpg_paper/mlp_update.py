@@ -27,13 +27,15 @@ import torch as th
 from torch import nn
 
 from sb3_ddpg_paper.fast_paths import apply_gradients
+from sb3_ddpg_paper.torch_layers import BatchNorm1d
 
 _relu_backward = th.ops.aten.threshold_backward
 _tanh_backward = th.ops.aten.tanh_backward
 _batch_norm = th.ops.aten.native_batch_norm
 _batch_norm_backward = th.ops.aten.native_batch_norm_backward
 
-_SUPPORTED = (nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Tanh)
+_BATCH_NORMS = (nn.BatchNorm1d, BatchNorm1d)  # exact types: a subclass may change forward()
+_SUPPORTED = (nn.Linear, *_BATCH_NORMS, nn.ReLU, nn.Tanh)
 
 
 class _Saved(NamedTuple):
@@ -55,7 +57,7 @@ def _check_chain(modules: list[nn.Module], last: type[nn.Module]) -> bool:
         if type(module) not in _SUPPORTED:
             return False
         # Activations run in place on the output of the layer before them, never on an input
-        if isinstance(module, nn.ReLU | nn.Tanh) and (i == 0 or type(modules[i - 1]) not in (nn.Linear, nn.BatchNorm1d)):
+        if isinstance(module, nn.ReLU | nn.Tanh) and (i == 0 or type(modules[i - 1]) not in (nn.Linear, *_BATCH_NORMS)):
             return False
         if isinstance(module, nn.BatchNorm1d) and not module.affine:
             return False

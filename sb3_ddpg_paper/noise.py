@@ -1,13 +1,21 @@
 """Ornstein-Uhlenbeck exploration with epsilon decay, as an SB3 ``ActionNoise`` (Lillicrap et al. 2016, sec. 3 and 7)."""
 
 from collections.abc import Iterable
+from numbers import Integral
 
 import numpy as np
 from numpy.typing import DTypeLike
-from stable_baselines3.common.noise import VectorizedActionNoise
+from stable_baselines3.common.noise import ActionNoise
 
 
-class OrnsteinUhlenbeckNoise(VectorizedActionNoise):
+def _broadcast(name: str, value: float | np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    try:
+        return np.broadcast_to(np.asarray(value, dtype=np.float64), shape).copy()
+    except ValueError as error:
+        raise ValueError(f"{name} must be a number or an array of the action's shape {shape}, got {value!r}.") from error
+
+
+class OrnsteinUhlenbeckNoise(ActionNoise):
     """
     Temporally correlated exploration noise, one Ornstein-Uhlenbeck process per environment, scaled by a linearly
     decaying epsilon.
@@ -30,10 +38,15 @@ class OrnsteinUhlenbeckNoise(VectorizedActionNoise):
     ``max(min_eps, max_eps - step / max_steps)`` reaches ``min_eps`` after ``(max_eps - min_eps) * max_steps`` steps,
     not ``max_steps``; this class decays over exactly ``epsilon_decay_steps``.)
 
-    The class is a ``VectorizedActionNoise`` so that SB3 does not deep-copy it per environment (each copy would count
-    its own steps); it holds one process state per environment itself and :meth:`set_n_envs` resizes it.
+    ``PaperDDPG`` sizes the noise to its number of environments (:meth:`set_n_envs`): one process per environment,
+    one epsilon schedule for all. SB3's own algorithms (``TD3``, ``DDPG``, ``SAC``) instead wrap any noise in their
+    ``VectorizedActionNoise``, which deep-copies it once per environment: there each copy is one environment's process
+    and counts that environment's steps, so epsilon decays over ``epsilon_decay_steps`` steps of each environment.
+    With ``seed=None`` the draws come from NumPy's global generator (as in SB3's own noises, seeded by the algorithm's
+    ``seed``), so that such copies draw different noise; a seeded noise has a generator of its own.
 
-    :param action_dim: size of the action
+    :param action_dim: size of the action, or the shape of the action space (e.g. ``(2, 2)``): the noise has that
+        shape (with a leading environment dimension when ``n_envs > 1``)
     :param mean: mean ``mu`` of the process (scalar or per action dimension)
     :param sigma: volatility ``sigma`` (scalar or per action dimension)
     :param theta: rate of mean reversion
@@ -43,13 +56,14 @@ class OrnsteinUhlenbeckNoise(VectorizedActionNoise):
     :param max_epsilon: initial value of epsilon
     :param epsilon_decay_steps: number of environment steps over which epsilon goes from max to min (0: no decay)
     :param n_envs: number of parallel environments (resized automatically by ``PaperDDPG``)
-    :param seed: seed of the noise's own random generator (``PaperDDPG`` seeds it with the algorithm's seed)
+    :param seed: seed of the noise's own random generator (``PaperDDPG`` seeds it with the algorithm's seed);
+        ``None``: NumPy's global generator
     :param dtype: type of the output noise
     """
 
     def __init__(
         self,
-        action_dim: int,
+        action_dim: int | tuple[int, ...],
         mean: float | np.ndarray = 0.0,
         sigma: float | np.ndarray = 0.2,
         theta: float = 0.15,
@@ -62,11 +76,13 @@ class OrnsteinUhlenbeckNoise(VectorizedActionNoise):
         seed: int | None = None,
         dtype: DTypeLike = np.float32,
     ) -> None:
-        # Deliberately not calling VectorizedActionNoise.__init__: there are no per-env copies to make.
-        if int(action_dim) != action_dim or action_dim < 1:
-            raise ValueError(f"action_dim must be a positive integer, got {action_dim!r}.")
-        self._mu = np.broadcast_to(np.asarray(mean, dtype=np.float64), (action_dim,)).copy()
-        self._sigma = np.broadcast_to(np.asarray(sigma, dtype=np.float64), (action_dim,)).copy()
+        super().__init__()
+        shape = tuple(action_dim) if isinstance(action_dim, tuple | list) else (action_dim,)
+        if not shape or any(isinstance(n, bool) or not isinstance(n, Integral) or n < 1 for n in shape):
+            raise ValueError(f"action_dim must be a positive integer or a shape of positive integers, got {action_dim!r}.")
+        shape = tuple(int(n) for n in shape)
+        self._mu = _broadcast("mean", mean, shape)
+        self._sigma = _broadcast("sigma", sigma, shape)
         if np.any(self._sigma < 0):
             raise ValueError(f"sigma must be >= 0, got {sigma!r}.")
         if not theta >= 0:
@@ -79,23 +95,17 @@ class OrnsteinUhlenbeckNoise(VectorizedActionNoise):
             )
         if int(epsilon_decay_steps) != epsilon_decay_steps or epsilon_decay_steps < 0:
             raise ValueError(f"epsilon_decay_steps must be an integer >= 0 (0: no decay), got {epsilon_decay_steps!r}.")
-        self.action_dim = int(action_dim)
+        self.action_dim = int(np.prod(shape))
         self._theta = float(theta)
         self._dt = float(dt)
-        self._initial = (
-            self._mu.copy()
-            if initial_noise is None
-            else np.broadcast_to(np.asarray(initial_noise, dtype=np.float64), (action_dim,)).copy()
-        )
+        self._initial = self._mu.copy() if initial_noise is None else _broadcast("initial_noise", initial_noise, shape)
         self.min_epsilon = float(min_epsilon)
         self.max_epsilon = float(max_epsilon)
         self.epsilon_decay_steps = int(epsilon_decay_steps)
         self._dtype = dtype
         self.num_steps = 0  # environment steps seen so far: drives the epsilon schedule
-        self._rng = np.random.default_rng(seed)
-        self.n_envs = int(n_envs)
-        self.state = np.tile(self._initial, (self.n_envs, 1))
-        self.last_noise = np.zeros_like(self.state, dtype=dtype)
+        self.seed(seed)
+        self.set_n_envs(n_envs)
 
     # --- parameters, read-only ---
     @property
@@ -132,11 +142,11 @@ class OrnsteinUhlenbeckNoise(VectorizedActionNoise):
     # --- ActionNoise interface ---
     def __call__(self) -> np.ndarray:
         epsilon = self.epsilon
-        gaussian = self._rng.standard_normal(self.state.shape)
+        gaussian = (self._rng or np.random).standard_normal(self.state.shape)
         self.state += self._theta * (self._mu - self.state) * self._dt + self._sigma * np.sqrt(self._dt) * gaussian
         self.num_steps += self.n_envs
         self.last_noise = (epsilon * self.state).astype(self._dtype)
-        # One env: return shape (action_dim,) like SB3's single-env noises; several: (n_envs, action_dim)
+        # One env: the action's shape, like SB3's single-env noises; several: (n_envs, *shape)
         return self.last_noise[0] if self.n_envs == 1 else self.last_noise
 
     def reset(self, indices: Iterable[int] | None = None) -> None:
@@ -154,12 +164,12 @@ class OrnsteinUhlenbeckNoise(VectorizedActionNoise):
         if int(n_envs) != n_envs or n_envs < 1:
             raise ValueError(f"n_envs must be a positive integer, got {n_envs!r}.")
         self.n_envs = int(n_envs)
-        self.state = np.tile(self._initial, (self.n_envs, 1))
+        self.state = np.broadcast_to(self._initial, (self.n_envs, *self._initial.shape)).copy()
         self.last_noise = np.zeros_like(self.state, dtype=self._dtype)
 
     def seed(self, seed: int | None) -> None:
-        """Re-seed the noise's own random generator."""
-        self._rng = np.random.default_rng(seed)
+        """Re-seed the noise's own random generator (``None``: draw from NumPy's global generator)."""
+        self._rng = None if seed is None else np.random.default_rng(seed)
 
     def __repr__(self) -> str:
         return (

@@ -8,6 +8,7 @@ ICLR 2016, arXiv:1509.02971 v6); section 7 ("Experiment details") is where the n
 import contextlib
 import math
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch as th
 from gymnasium import spaces
@@ -134,8 +135,34 @@ def frozen_running_statistics(layers: Sequence[_BatchNorm]) -> Iterator[None]:
             layer.track_running_stats = track
 
 
+class _FloatStateBatchNorm(_BatchNorm):
+    """
+    Batch norm whose state dict holds float tensors only, as SB3's networks do: PyTorch's step counter
+    ``num_batches_tracked`` (an integer tensor, used only when ``momentum`` is None, which these networks never are)
+    is kept as a buffer but not saved, so that ``get_parameters()`` and saved files can be treated as float tensors
+    throughout (averaged, randomised, interpolated). Files of version 0.1.0, which hold the counter, still load.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.register_buffer("num_batches_tracked", self.num_batches_tracked, persistent=False)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        state_dict.pop(prefix + "num_batches_tracked", None)  # saved by version 0.1.0
+        # Not _BatchNorm's override: it only adds the counter back to state dicts without version metadata
+        nn.Module._load_from_state_dict(self, state_dict, prefix, *args)
+
+
+class BatchNorm1d(_FloatStateBatchNorm, nn.BatchNorm1d):
+    """``nn.BatchNorm1d`` with a float-only state dict (see ``_FloatStateBatchNorm``)."""
+
+
+class BatchNorm2d(_FloatStateBatchNorm, nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` with a float-only state dict (see ``_FloatStateBatchNorm``)."""
+
+
 def _batch_norm(n_features: int, momentum: float, eps: float) -> nn.BatchNorm1d:
-    return nn.BatchNorm1d(n_features, momentum=momentum, eps=eps)
+    return BatchNorm1d(n_features, momentum=momentum, eps=eps)
 
 
 def _hidden_block(
@@ -305,13 +332,13 @@ def ddpg_conv2d_block(
     if int(stride) != stride or stride < 1 or int(padding) != padding or padding < 0:
         raise ValueError(f"stride must be an integer >= 1 and padding >= 0, got stride={stride!r}, padding={padding!r}.")
 
-    layers: list[nn.Module] = [nn.BatchNorm2d(channels, momentum=bn_momentum, eps=bn_eps)] if batch_norm else []
+    layers: list[nn.Module] = [BatchNorm2d(channels, momentum=bn_momentum, eps=bn_eps)] if batch_norm else []
     in_channels = channels
     for _ in range(n_layers):
         # No bias before a batch norm: BN's shift makes it redundant (as in the fully connected layers)
         layers.append(nn.Conv2d(in_channels, filters, kernel_size, stride=stride, padding=padding, bias=not batch_norm))
         if batch_norm:
-            layers.append(nn.BatchNorm2d(filters, momentum=bn_momentum, eps=bn_eps))
+            layers.append(BatchNorm2d(filters, momentum=bn_momentum, eps=bn_eps))
         layers.append(activation_fn())
         in_channels = filters
         height = _conv_output_size(height, kernel_size, stride, padding)
@@ -348,6 +375,9 @@ class PaperCNN(BaseFeaturesExtractor):
     :param batch_norm_eps: batch-norm epsilon
     :param weight_init: init of the conv layers: ``"fan_in_uniform"`` (the paper), ``"xavier_uniform"``,
         ``"kaiming_normal"`` or a callable taking a module
+    :param features_dim: ``None`` (the paper): the flattened conv features go straight to the fully connected layers.
+        An integer: a linear projection of them to ``features_dim`` units, then ReLU, as SB3's ``NatureCNN`` does
+        with the same keyword (not in the paper; initialised like the conv layers, no batch norm)
     """
 
     def __init__(
@@ -363,6 +393,7 @@ class PaperCNN(BaseFeaturesExtractor):
         batch_norm_momentum: float = 0.1,
         batch_norm_eps: float = 1e-5,
         weight_init: str | Callable[[nn.Module], None] = "fan_in_uniform",
+        features_dim: int | None = None,
     ):
         if not is_image_space(observation_space, check_channels=False, normalized_image=True):
             raise ValueError(
@@ -380,6 +411,11 @@ class PaperCNN(BaseFeaturesExtractor):
             bn_momentum=batch_norm_momentum,
             bn_eps=batch_norm_eps,
         )
+        if features_dim is not None:
+            if isinstance(features_dim, bool) or int(features_dim) != features_dim or features_dim < 1:
+                raise ValueError(f"features_dim must be a positive integer or None (no projection), got {features_dim!r}.")
+            cnn.extend([nn.Linear(n_features, int(features_dim)), nn.ReLU()])  # NatureCNN's projection
+            n_features = int(features_dim)
         super().__init__(observation_space, n_features)
         get_weight_init(weight_init)(cnn)
         self.cnn = cnn

@@ -21,3 +21,12 @@ SMALL = dict(net_arch=[32, 32])
 @pytest.fixture
 def small_policy_kwargs():
     return dict(SMALL)
+
+
+# Tests that take a `device` argument run on every available device; benchmarks/gpu_check.sh selects "on_cuda"
+DEVICES = ["cpu", *(["cuda"] if th.cuda.is_available() else [])]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "device" in metafunc.fixturenames:
+        metafunc.parametrize("device", DEVICES, ids=[f"on_{device}" for device in DEVICES])

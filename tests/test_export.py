@@ -60,7 +60,7 @@ def test_exported_policy_reproduces_predict_exactly(trained, exported):
     assert policy.predict(obs[0])[0].shape == (1,)
     # Batch-norm running statistics travel with the weights
     assert th.equal(policy.actor.mu[0].running_mean, trained.actor.mu[0].running_mean)
-    assert trained.actor.mu[0].num_batches_tracked > 0
+    assert not th.equal(trained.actor.mu[0].running_mean, th.zeros_like(trained.actor.mu[0].running_mean))
     # The critic too
     actions = trained.predict(obs)[0]
     trained.policy.set_training_mode(False)
@@ -69,27 +69,46 @@ def test_exported_policy_reproduces_predict_exactly(trained, exported):
     assert np.array_equal(policy.q_value(obs, actions), expected_q.numpy())
 
 
-@pytest.mark.parametrize(
-    ("observation_space", "policy_kwargs"),
-    [
-        (spaces.Box(0, 255, (3, 36, 36), np.uint8), dict(net_arch=[8], features_extractor_kwargs=dict(filters=4, padding=1))),
-        (
-            spaces.Box(0, 255, (36, 36, 3), np.uint8),
-            dict(net_arch=[8], features_extractor_class=NatureCNN, features_extractor_kwargs=dict(features_dim=16)),
-        ),
-        (spaces.Dict({"pos": spaces.Box(-1, 1, (3,)), "vel": spaces.Box(-5, 5, (2,))}), dict(net_arch=[8, 8])),
-    ],
-)
-def test_pixel_and_dict_policies_export_exactly(tmp_path, observation_space, policy_kwargs):
+IMAGE = spaces.Box(0, 255, (3, 36, 36), np.uint8)
+VECTORS = spaces.Dict({"pos": spaces.Box(-1, 1, (3,)), "vel": spaces.Box(-5, 5, (2,))})
+POLICIES = {  # every policy type, with default and non-default features-extractor kwargs
+    "mlp": (spaces.Box(-1, 1, (3,)), dict(net_arch=[8])),
+    "cnn": (IMAGE, dict(net_arch=[8])),
+    "cnn-filters": (IMAGE, dict(net_arch=[8], features_extractor_kwargs=dict(filters=4, padding=1))),
+    "cnn-features-dim": (IMAGE, dict(net_arch=[8], features_extractor_kwargs=dict(features_dim=16, batch_norm=False))),
+    "nature-cnn": (
+        spaces.Box(0, 255, (36, 36, 3), np.uint8),
+        dict(net_arch=[8], features_extractor_class=NatureCNN, features_extractor_kwargs=dict(features_dim=16)),
+    ),
+    "multi-input": (VECTORS, dict(net_arch=[8, 8])),
+    "multi-input-image": (
+        spaces.Dict({"image": IMAGE, "vel": spaces.Box(-5, 5, (2,))}),
+        dict(net_arch=[8], features_extractor_kwargs=dict(cnn_output_dim=12)),
+    ),
+}
+
+
+@pytest.mark.parametrize("include_critic", [False, True])
+@pytest.mark.parametrize("kind", POLICIES)
+def test_every_policy_type_exports_exactly(tmp_path, kind, include_critic):
+    observation_space, policy_kwargs = POLICIES[kind]
     model = PaperDDPG(env=RandomEnv(observation_space), buffer_size=100, learning_starts=8, batch_size=4,
                       policy_kwargs=policy_kwargs, seed=0).learn(16)  # fmt: skip
-    export_policy(model, tmp_path / "p.safetensors")
+    export_policy(model, tmp_path / "p.safetensors", include_critic=include_critic)
     policy = load_exported_policy(tmp_path / "p.safetensors")
     obs = observations(observation_space, 5)
-    assert np.array_equal(policy.predict(obs)[0], model.predict(obs)[0])
-    assert policy.critic is None
-    with pytest.raises(ExportError, match="exported without the critic"):
-        policy.q_value(obs, model.predict(obs)[0])
+    actions = model.predict(obs)[0]
+    assert np.array_equal(policy.predict(obs)[0], actions)
+    if not include_critic:
+        assert policy.critic is None
+        with pytest.raises(ExportError, match="exported without the critic"):
+            policy.q_value(obs, actions)
+        return
+    model.policy.set_training_mode(False)
+    with th.no_grad():
+        obs_tensor, _ = model.policy.obs_to_tensor(obs)
+        expected_q = model.critic.q1_forward(obs_tensor, th.as_tensor(model.policy.scale_action(actions)))
+    assert np.array_equal(policy.q_value(obs, actions), expected_q.numpy())
 
 
 def test_loading_unpickles_nothing(exported, monkeypatch):
