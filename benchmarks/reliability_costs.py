@@ -1,11 +1,13 @@
 """
 What reliability costs, measured: checkpoint size and write/resume time, the finite-value check per step, export size.
 
-    OMP_NUM_THREADS=1 python benchmarks/reliability_costs.py
+    OMP_NUM_THREADS=1 python benchmarks/reliability_costs.py | tee docs/measurements/reliability_costs.txt
 
 Paper-size networks (400-300, batch norm) on Pendulum-v1 with the paper's 1e6-transition replay buffer.
 """
 
+import os
+import platform
 import tempfile
 import time
 import timeit
@@ -22,6 +24,10 @@ from sb3_ddpg_paper.export import export_policy, load_exported_policy
 
 def main() -> None:
     th.set_num_threads(1)
+    print(
+        f"{time.strftime('%Y-%m-%d')}, Python {platform.python_version()}, torch {th.__version__}, "
+        f"{os.cpu_count()} CPUs, {th.get_num_threads()} torch thread, load average {os.getloadavg()[0]:.1f}"
+    )
     model = PaperDDPG("MlpPolicy", "Pendulum-v1", learning_starts=100, seed=0).learn(300)
     with tempfile.TemporaryDirectory() as directory:
         start = time.perf_counter()

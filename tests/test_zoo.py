@@ -107,6 +107,27 @@ def test_safe_eval_accepts_zoo_expressions(expression, expected):
         ("dict(**{'a': 1})", "unpacking"),
         ("open('/etc/passwd').read()", "open"),
         ("dict(net_arch=[64]", "not a valid Python expression"),
+        # every other refusal rule of the interpreter (docs/zoo.md, "Safe configuration")
+        ("dict(a=-'x')", "unary +/- is only allowed on numbers"),
+        ("dict(a=~1)", "UnaryOp"),
+        ("dict(a=os)", "name 'os' is not on the whitelist"),
+        ("dict(a=os.path)", "only allowed below nn, th and torch"),
+        ("dict(a=nn._reduction)", "private attribute '_reduction'"),
+        ("dict(a=nn.functional.relu)", "attribute paths may only walk through"),
+        ("dict(a=th.optim.Adam.step)", "attribute paths may only walk through"),
+        ("dict(a=nn.NoSuchLayer)", "nn.NoSuchLayer does not exist"),
+        ("dict(a=nn.init)", "only torch module classes, optimizer classes and torch.nn.init functions"),
+        ("dict(a=th.zeros)", "only torch module classes, optimizer classes and torch.nn.init functions"),
+        ("dict(a=[1][0])", "Subscript"),
+        ("dict(a=1 < 2)", "Compare"),
+        ("dict(a=f'{1}')", "JoinedStr"),
+        ("dict(a=(b := 1))", "NamedExpr"),
+        ("dict(a=...)", "constant of type ellipsis"),
+        ("[*[1, 2]]", "'*' unpacking"),
+        ("{**{'a': 1}}", "'**' unpacking"),
+        ("dict(*[('a', 1)])", "unpacking"),
+        ("dict(1, 2)", "dict expected at most 1 argument"),
+        ("[1, 2][0]", "Subscript"),
     ],
 )
 def test_safe_eval_refuses_code(expression, fragment):
@@ -136,7 +157,20 @@ def test_sanitize_parses_strings_and_checks_imported_names():
         ("policy", "builtins.exec", "builtins.exec"),
         ("vec_env_wrapper", "stable_baselines3.common.callbacks.CheckpointCallback", "VecEnvWrapper"),
         ("replay_buffer_class", "dict()", "not a replay buffer class"),
+        ("replay_buffer_class", "nn.ReLU", "not a replay buffer class"),
         ("policy_kwargs", "[1, 2]", "expected a dict"),
+        ("replay_buffer_kwargs", "(1,)", "expected a dict"),
+        ("monitor_kwargs", "'x'", "expected a dict"),
+        ("action_noise_kwargs", "[0.2]", "expected a dict"),
+        ("normalize", "[1]", "expected True/False or a dict"),
+        ("env_wrapper", "TimeFeatureWrapper", "expected a dotted path"),
+        ("env_wrapper", "os._exit", "expected a dotted path"),
+        ("env_wrapper", "no_such_package.Wrapper", "cannot import module 'no_such_package'"),
+        ("env_wrapper", "gymnasium.wrappers.NoSuchWrapper", "resolves to None"),
+        ("env_wrapper", [{"gymnasium.wrappers.TimeLimit": {}, "gymnasium.wrappers.ClipAction": {}}], "exactly one name"),
+        ("env_wrapper", [{"gymnasium.wrappers.TimeLimit": [200]}], "must be a mapping"),
+        ("callback", [5], "expected a dotted class name"),
+        ("policy", "sb3_ddpg_paper.noise.OrnsteinUhlenbeckNoise", "BasePolicy"),
     ]:
         with pytest.raises(UnsafeConfigError, match=key) as info:
             sanitize_hyperparams({key: value})
@@ -375,11 +409,135 @@ def test_malicious_config_is_refused_before_anything_runs(tmp_path, where, key, 
         extra = ["-params", f"{key}:{value}"]
     (tmp_path / "bad.yml").write_text(yaml.safe_dump({"Pendulum-v1": entry}))
     result = run_zoo(*train_args("--env", "Pendulum-v1", "-conf", "bad.yml", *extra), cwd=tmp_path, check=False)
-    assert result.returncode != 0
+    assert result.returncode == 1
     assert "Refused hyperparameter" in result.stderr and key in result.stderr and fragment in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "PWNED").exists()
     assert not (tmp_path / "logs").exists()  # nothing was created: no log folder, no environment, no model
+
+
+@pytest.mark.parametrize(
+    "entry, extra, fragments",
+    [
+        ({"action_noise_kwargs": {"sigmaa": 0.3}}, [], ["Unknown action_noise_kwargs ['sigmaa']", "'epsilon_decay_steps'"]),
+        ({"action_noise_kwargs": [0.2]}, [], ["action_noise_kwargs must be a mapping", "'sigma'"]),
+        (
+            {"action_noise_kwargs": {"sigma": 0.3}, "noise_type": "normal", "noise_std": 0.1},
+            [],
+            ["Both noise_type", "action_noise_kwargs"],
+        ),
+        ({"qf_learning_rate": "exp_1e-3"}, [], ["Invalid value for qf_learning_rate: 'exp_1e-3'", "lin_<initial value>"]),
+        ({}, ["--env-kwargs", "g:__import__('os').system('touch PWNED')"], ["Refused hyperparameter '--env-kwargs g'"]),
+    ],
+)
+def test_bad_paper_ddpg_config_is_refused_before_anything_runs(tmp_path, entry, extra, fragments):
+    # The refusals docs/zoo.md promises for the package's own keys: exit status 1, a message naming the key and what
+    # is accepted, no traceback, and nothing created
+    (tmp_path / "bad.yml").write_text(yaml.safe_dump({"Pendulum-v1": {"n_timesteps": 300, "policy": "MlpPolicy", **entry}}))
+    result = run_zoo(*train_args("--env", "Pendulum-v1", "-conf", "bad.yml", *extra), cwd=tmp_path, check=False)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "error:" in result.stderr and "Traceback" not in result.stderr
+    assert all(fragment in result.stderr for fragment in fragments), result.stderr[-3000:]
+    assert not (tmp_path / "logs").exists() and not (tmp_path / "PWNED").exists()
+
+
+# ---------------------------------------------------------------------------------------------- the shipped file
+# Run in the launcher's process for every entry of the shipped file: rl_zoo3's ExperimentManager (as the launcher
+# installs it) reads the entry, builds the environment and the model; learn() is replaced by a few gradient steps
+# (warm-up shortened to one batch) and a report of what was built. Nothing else is overridden: buffers, batch sizes,
+# policies and networks are the entry's as shipped.
+BUILD_EVERY_ENTRY = textwrap.dedent(
+    """
+    import gc, json, traceback
+    import numpy as np
+    import torch as th
+    from sb3_ddpg_paper import PaperDDPG
+    from sb3_ddpg_paper.zoo.experiment import PaperExperimentManager
+
+    def short_learn(self, model):
+        shipped_learning_starts = model.learning_starts
+        final = [m for m in model.policy.actor.mu if isinstance(m, th.nn.Linear)][-1]
+        final_layer_bound = max(final.weight.abs().max().item(), final.bias.abs().max().item())  # as initialised
+        model.learning_starts = model.batch_size  # a few gradient steps instead of the 1000-step warm-up
+        model.learn(model.batch_size + 4)
+        # The package's own defaults for this observation space, on the same environment
+        policy = self._hyperparams["policy"]
+        reference = PaperDDPG(policy, model.get_env(), buffer_size=1)
+        shapes = lambda policy: {k: list(v.shape) for k, v in policy.state_dict().items()}
+        print("ENTRY " + json.dumps({
+            "env": self.env_name.gym_id,
+            "policy": policy,
+            "policy_class": type(model.policy).__name__,
+            "features_extractor": type(model.policy.actor.features_extractor).__name__,
+            "observation_shape": list(model.observation_space.shape),
+            "batch_size": model.batch_size,
+            "buffer_size": model.buffer_size,
+            "replay_buffer_size": model.replay_buffer.buffer_size,
+            "learning_starts": shipped_learning_starts,
+            "n_updates": model._n_updates,
+            "finite": all(bool(th.isfinite(p).all()) for p in model.policy.parameters()),
+            "final_layer_bound": final_layer_bound,
+            "same_networks_as_package_defaults": shapes(model.policy) == shapes(reference.policy),
+            "noise": type(model.action_noise).__name__,
+            "noise_dt": getattr(model.action_noise, "dt", None),
+            "lr": [model.actor.optimizer.param_groups[0]["lr"], model.critic.optimizer.param_groups[0]["lr"]],
+            "tau_gamma": [model.tau, model.gamma],
+        }), flush=True)
+        model.get_env().close()
+
+    PaperExperimentManager.learn = short_learn
+    PaperExperimentManager.save_trained_model = lambda self, model: None
+    import sys
+    from sb3_ddpg_paper.zoo.launcher import main
+    for env_id in sys.argv[1:]:
+        try:
+            main(["train", "--algo", "paper_ddpg", "--env", env_id, "--num-threads", "1", "--seed", "0",
+                  "--eval-freq", "-1", "-f", "logs"])
+        except BaseException:
+            print("ENTRY-FAILED " + env_id + "\\n" + traceback.format_exc(), flush=True)
+        gc.collect()
+    """
+)
+
+
+def test_every_shipped_entry_builds_and_trains_through_the_zoo(tmp_path):
+    from sb3_ddpg_paper.envs import PIXEL_ENV_IDS
+
+    entries = yaml.safe_load(SHIPPED.read_text())
+    assert set(PIXEL_ENV_IDS.values()) <= set(entries), "every registered pixel id has its own entry"
+    # Pusher-v5 has no entry: the zoo falls back to `default`
+    env_ids = [*(key for key in entries if key != "default"), "Pusher-v5"]
+    assert "Pusher-v5" not in entries
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SDL_VIDEODRIVER": "dummy"}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
+    result = subprocess.run(
+        [sys.executable, "-c", BUILD_EVERY_ENTRY, *env_ids], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900
+    )
+    output = result.stdout
+    assert result.returncode == 0 and "ENTRY-FAILED" not in output, f"{output[-8000:]}\n{result.stderr[-3000:]}"
+    reports = {r["env"]: r for r in (json.loads(line[6:]) for line in output.splitlines() if line.startswith("ENTRY "))}
+    assert sorted(reports) == sorted(env_ids)
+    assert output.count("Using 'default' hyperparameters") == 1  # only Pusher-v5
+    pixel_ids = set(PIXEL_ENV_IDS.values())
+    for env_id, report in reports.items():
+        pixels = env_id in pixel_ids
+        # The paper's values (Lillicrap et al. 2016, sec. 7), the pixel ones for the pixel ids
+        expected = PaperDDPG.pixel_defaults if pixels else PaperDDPG.low_dim_defaults
+        assert report["batch_size"] == expected["batch_size"] == (16 if pixels else 64), env_id
+        assert report["buffer_size"] == report["replay_buffer_size"] == expected["buffer_size"], env_id
+        assert report["policy"] == ("CnnPolicy" if pixels else "MlpPolicy"), env_id
+        assert report["policy_class"] == ("CnnPolicy" if pixels else "PaperDDPGPolicy"), env_id
+        assert report["features_extractor"] == ("PaperCNN" if pixels else "FlattenExtractor"), env_id
+        if pixels:
+            assert report["observation_shape"] == [9, 64, 64], env_id
+        # The entry's networks are exactly the package's defaults for the observation space (400-300 with the
+        # action at Q's 2nd layer; pixels: 3 conv layers, 200-200, action at the first fully connected layer)
+        assert report["same_networks_as_package_defaults"], env_id
+        assert 0 < report["final_layer_bound"] <= (3e-4 if pixels else 3e-3), env_id
+        assert report["lr"] == [1e-4, 1e-3] and report["tau_gamma"][0] == 1e-3, env_id
+        assert report["tau_gamma"][1] == (0.9999 if env_id == "Swimmer-v5" else 0.99), env_id
+        assert (report["noise"], report["noise_dt"], report["learning_starts"]) == ("OrnsteinUhlenbeckNoise", 1.0, 1000)
+        assert report["n_updates"] >= 1 and report["finite"], env_id
 
 
 # ---------------------------------------------------------------------------------------------- PostgreSQL

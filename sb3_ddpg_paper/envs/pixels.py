@@ -12,7 +12,6 @@ from typing import Any, SupportsFloat
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
-from PIL import Image
 
 # Lillicrap et al. 2016, sec. 7: action repeat 3, 64x64 RGB renders
 PAPER_ACTION_REPEAT = 3
@@ -62,7 +61,10 @@ class PixelObservation(gym.Wrapper[np.ndarray, np.ndarray, Any, Any], gym.utils.
             )
         frame = frame[:, :, :3]
         if frame.shape[:2] != (self.image_size, self.image_size):
-            # Bilinear with PIL's area-aware filter support (downscaling averages, it does not just pick pixels)
+            # Bilinear with PIL's area-aware filter support (downscaling averages, it does not just pick pixels).
+            # Imported here: registering the pixel ids (on `import sb3_ddpg_paper`) must not import PIL.
+            from PIL import Image
+
             size = (self.image_size, self.image_size)
             frame = np.asarray(Image.fromarray(frame).resize(size, Image.Resampling.BILINEAR))
         return np.ascontiguousarray(frame.transpose(2, 0, 1), dtype=np.uint8)
@@ -110,9 +112,9 @@ def make_pixel_env(
     67 agent steps).
 
     MuJoCo environments render directly at ``image_size`` (no resize). With ``fast_render``, MuJoCo renders have no
-    shadows, reflections or skybox (software rendering on a CPU is ~9x faster on HalfCheetah), and environments that
-    draw on a square ``screen_dim`` canvas (Pendulum-v1) draw at ``image_size`` instead of 500x500 and resizing
-    (~5x faster). Other environments are rendered at their size and resized (bilinear).
+    shadows, reflections or skybox (the costly parts of software rendering on a CPU), and environments that draw on a
+    square ``screen_dim`` canvas (Pendulum-v1) draw at ``image_size`` instead of 500x500 and resizing. Other
+    environments are rendered at their size and resized (bilinear).
 
     :param env_id: a Gymnasium id (e.g. ``"Pendulum-v1"``, ``"HalfCheetah-v5"``)
     :param action_repeat: simulation steps per agent step (paper: 3)

@@ -38,6 +38,10 @@ def is_paper_ddpg(algo: str) -> bool:
     return isinstance(cls, type) and issubclass(cls, PaperDDPG)
 
 
+class HyperparameterError(ValueError):
+    """A PaperDDPG hyperparameter of the zoo's configuration that cannot work; nothing has been built yet."""
+
+
 def _parse_schedule(key: str, value: str) -> SimpleLinearSchedule:
     schedule, _, initial_value = value.partition("_")
     try:
@@ -45,20 +49,25 @@ def _parse_schedule(key: str, value: str) -> SimpleLinearSchedule:
             raise ValueError
         return SimpleLinearSchedule(float(initial_value))
     except ValueError:
-        raise ValueError(f"Invalid value for {key}: {value!r}; accepted: a number or 'lin_<initial value>'.") from None
+        accepted = "accepted: a number or 'lin_<initial value>'"
+        raise HyperparameterError(f"Invalid value for {key}: {value!r}; {accepted}.") from None
 
 
 def check_paper_hyperparams(hyperparams: dict[str, Any]) -> None:
-    """Refuse PaperDDPG noise settings that cannot work, before any environment or model is built."""
+    """
+    Refuse PaperDDPG noise settings that cannot work, before any environment or model is built.
+
+    :raises HyperparameterError: naming the key and what is accepted
+    """
     noise_kwargs = hyperparams.get("action_noise_kwargs")
     if noise_kwargs is not None:
         if not isinstance(noise_kwargs, dict):
-            raise ValueError(f"action_noise_kwargs must be a mapping of {NOISE_KEYS}, got {noise_kwargs!r}.")
+            raise HyperparameterError(f"action_noise_kwargs must be a mapping of {list(NOISE_KEYS)}, got {noise_kwargs!r}.")
         unknown = sorted(set(noise_kwargs) - set(NOISE_KEYS))
         if unknown:
-            raise ValueError(f"Unknown action_noise_kwargs {unknown}; accepted: {list(NOISE_KEYS)}.")
+            raise HyperparameterError(f"Unknown action_noise_kwargs {unknown}; accepted: {list(NOISE_KEYS)}.")
         if hyperparams.get("noise_type") is not None:
-            raise ValueError(
+            raise HyperparameterError(
                 "Both noise_type (the zoo's SB3 noise) and action_noise_kwargs (the package's Ornstein-Uhlenbeck noise) "
                 "are set: keep one of them."
             )

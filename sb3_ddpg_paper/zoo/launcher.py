@@ -21,7 +21,7 @@ import rl_zoo3.utils
 from rl_zoo3.hyperparams_opt import HYPERPARAMS_CONVERTER, HYPERPARAMS_SAMPLER
 
 from sb3_ddpg_paper.ddpg import PaperDDPG
-from sb3_ddpg_paper.zoo.experiment import ALGO_NAME, PaperExperimentManager
+from sb3_ddpg_paper.zoo.experiment import ALGO_NAME, HyperparameterError, PaperExperimentManager
 from sb3_ddpg_paper.zoo.safe_config import UnsafeConfigError, safe_eval
 from sb3_ddpg_paper.zoo.tuning import convert_paper_ddpg_params, sample_paper_ddpg_params
 
@@ -153,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         rl_zoo3.ALGOS[ALGO_NAME] = PaperDDPGForPrediction
     try:
         COMMANDS[command][0]()
-    except UnsafeConfigError as error:
+    except (UnsafeConfigError, HyperparameterError) as error:
         sys.exit(f"{PROG} {command}: error: {error}")
     finally:
         rl_zoo3.ALGOS[ALGO_NAME] = original
