@@ -59,7 +59,7 @@ def fast_optimizer_kwargs(optimizer_class: type[th.optim.Optimizer], optimizer_k
     """
     ``optimizer_kwargs`` plus ``fused=True`` for ``Adam`` / ``AdamW`` when the user did not choose an implementation:
     one kernel updates all parameters of a network, instead of about ten small tensor operations per parameter tensor
-    (about 3 times faster for the 400-300 networks on a CPU). Same update rule (to float rounding).
+    (docs/speed.md). Same update rule (to float rounding).
     """
     if optimizer_class in (th.optim.Adam, th.optim.AdamW) and not _ADAM_IMPLEMENTATION_KEYS & optimizer_kwargs.keys():
         return {**optimizer_kwargs, "fused": True}
@@ -114,9 +114,8 @@ def apply_gradients(optimizer: th.optim.Optimizer, grads: dict[th.Tensor, th.Ten
 
     For a fused Adam/AdamW with plain options whose state exists (after its first step), its fused kernel is called
     directly with these gradients, exactly as ``Adam.step`` calls it (same kernel, same numbers): this skips the
-    ``zero_grad`` and the Python of ``step`` (its wrapper, state look-ups, regrouping by device), 72 instead of 114
-    microseconds per step of the 400-300 critic (docs/speed.md). Otherwise the gradients are set on the parameters
-    and ``optimizer.step()`` runs.
+    ``zero_grad`` and the Python of ``step`` (its wrapper, state look-ups, regrouping by device; docs/speed.md).
+    Otherwise the gradients are set on the parameters and ``optimizer.step()`` runs.
 
     :param optimizer: the optimizer of these parameters
     :param grads: gradient of every parameter of ``optimizer`` (a parameter missing from it counts as ``None``)
