@@ -18,8 +18,8 @@ import torch as th
 
 from sb3_ddpg_paper import PaperDDPG
 from sb3_ddpg_paper.checkpoints import load_checkpoint, save_checkpoint
-from sb3_ddpg_paper.validation import raise_if_non_finite
 from sb3_ddpg_paper.export import export_policy, load_exported_policy
+from sb3_ddpg_paper.validation import raise_if_non_finite
 
 
 def main() -> None:

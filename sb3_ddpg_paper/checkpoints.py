@@ -47,10 +47,10 @@ from typing import TYPE_CHECKING, Any
 import cloudpickle
 import numpy as np
 import torch as th
+from gymnasium.utils import EzPickle
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback
-from gymnasium.utils import EzPickle
 from stable_baselines3.common.vec_env import VecEnvWrapper, unwrap_vec_normalize
 
 from sb3_ddpg_paper.noise import OrnsteinUhlenbeckNoise

@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 import torch as th
-from torch.optim import optimizer as optim_hooks
 from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from stable_baselines3.common.vec_env import VecNormalize
+from torch.optim import optimizer as optim_hooks
 
 # ----------------------------------------------------------------------------- denormal floats
 # With the paper's critic weight decay, the weights of dead ReLU units of the critic's layer after the action input

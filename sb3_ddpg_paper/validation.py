@@ -35,7 +35,7 @@ def is_integer(value: Any) -> bool:
 
 def is_number(value: Any) -> bool:
     """A finite real Python or NumPy number, not a bool."""
-    return isinstance(value, Real) and not isinstance(value, bool | np.bool_) and bool(np.isfinite(value))
+    return isinstance(value, Real) and not isinstance(value, bool | np.bool_) and bool(np.isfinite(float(value)))
 
 
 def python_scalar(value: Any) -> Any:
@@ -118,9 +118,10 @@ def check_action_noise(noise: Any, noise_kwargs: dict[str, Any] | None) -> None:
         raise ValueError(f"Unknown action_noise_kwargs {unknown}: accepted are {sorted(accepted)}.")
 
 
-def make_ou_noise(action_space: spaces.Box, n_envs: int, seed: int | None, noise_kwargs: dict[str, Any] | None) -> Any:
+def make_ou_noise(action_space: spaces.Space, n_envs: int, seed: int | None, noise_kwargs: dict[str, Any] | None) -> Any:
     """The paper's exploration noise for ``action_space`` (checked keys; values checked by the noise itself)."""
     try:
+        assert action_space.shape is not None  # a Box (check_action_space)
         return OrnsteinUhlenbeckNoise(action_space.shape, n_envs=n_envs, seed=seed, **(noise_kwargs or {}))
     except (TypeError, ValueError) as error:
         raise ValueError(f"Invalid action_noise_kwargs {noise_kwargs!r}: {error}") from error

@@ -1,8 +1,9 @@
+import itertools
+
 import numpy as np
 import pytest
 
 from sb3_ddpg_paper import OrnsteinUhlenbeckNoise
-import itertools
 
 
 @pytest.mark.parametrize("dt", [1.0, 0.1])
