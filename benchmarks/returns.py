@@ -237,7 +237,9 @@ def train_run(config: dict[str, Any]) -> None:
     # zero decay into the denormal range and every update becomes several times slower (SB3's algorithms too).
     th.set_flush_denormal(True)
     run = Run(**config["run"])
-    with tempfile.TemporaryDirectory(prefix="returns-") as tmp:
+    # In the trial's working directory (in Ray's session directory on this node), which also keeps what a killed
+    # attempt leaves behind
+    with tempfile.TemporaryDirectory(dir=tune.get_context().get_trial_dir()) as tmp:
         work_dir = Path(tmp)  # the newest checkpoint and the evaluations up to it: a Tune checkpoint
         checkpoint = tune.get_checkpoint()
         rows: list[dict[str, Any]] = []
