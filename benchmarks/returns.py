@@ -318,6 +318,7 @@ def _train(run: Run, work_dir: Path, rows: list[dict[str, Any]]) -> None:
 
 # ----------------------------------------------------------------------------------------------- the matrix on Ray
 def _trial_name(trial: Any) -> str:
+    """A trial's name and directory: its run's key."""
     run = trial.config["run"]
     return f"{run['config']}_{run['env']}_{run['seed']}"
 
@@ -326,6 +327,19 @@ def experiment_name(runs: Sequence[Run], csv_path: Path) -> str:
     """The name of a matrix's Tune experiment (from its runs and its CSV): the same command finds it again."""
     matrix = json.dumps([str(csv_path.resolve()), *map(dataclasses.asdict, runs)])
     return f"returns-{hashlib.sha256(matrix.encode()).hexdigest()[:12]}"
+
+
+def experiment_path(runs: Sequence[Run], csv_path: Path, storage: str) -> str:
+    """Where Tune keeps that experiment: ``<storage>/<name>`` (a path or a URI)."""
+    return f"{storage.rstrip('/')}/{experiment_name(runs, csv_path)}"
+
+
+def checkpoint_steps(experiment: str) -> dict[tuple[str, str, int], int]:
+    """The step of each run's last checkpoint in an interrupted experiment (read from its storage; Ray is not started)."""
+    if not tune.Tuner.can_restore(experiment):
+        return {}
+    results = tune.Tuner.restore(experiment, train_run).get_results()
+    return {Run(**r.config["run"]).key: r.best_checkpoints[-1][1]["step"] for r in results if r.best_checkpoints}
 
 
 class RecordRuns(tune.Callback):
@@ -372,7 +386,7 @@ def run_matrix(
     print(f"{len(runs)} runs in the matrix, {len(runs) - len(todo)} already done, {len(todo)} to run")
     if not todo:
         return []
-    experiment = f"{storage.rstrip('/')}/{experiment_name(runs, csv_path)}"
+    experiment = experiment_path(runs, csv_path, storage)
     trainable = tune.with_resources(train_run, {"cpu": 1})
     if tune.Tuner.can_restore(experiment):
         print(f"resuming the interrupted experiment {experiment}")
@@ -640,19 +654,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.eval_episodes,
         args.checkpoint_freq,
     )
-    if args.command == "list":
-        done = completed(read_rows(csv_path))
-        for run in runs:
-            print(
-                f"{'done' if run.key in done else 'todo'}  {run.config:24s} {run.env:22s} seed {run.seed}  "
-                f"{run.budget:>7} steps, eval every {run.eval_freq}"
-            )
-        total = sum(run.budget for run in runs if run.key not in done)
-        print(f"{sum(r.key in done for r in runs)}/{len(runs)} done; at most {total:,} environment steps to go")
-        return 0
     storage = args.storage or str(csv_path.parent / STORAGE_NAME)
     if "://" not in storage:
         storage = str(Path(storage).resolve())
+    if args.command == "list":
+        done = completed(read_rows(csv_path))
+        checkpoints = checkpoint_steps(experiment_path(runs, csv_path, storage))
+        total = 0
+        for run in runs:
+            at = 0 if run.key in done else checkpoints.get(run.key, 0)
+            total += 0 if run.key in done else run.budget - at
+            print(
+                f"{'done' if run.key in done else 'todo'}  {run.config:24s} {run.env:22s} seed {run.seed}  "
+                f"{run.budget:>7} steps, eval every {run.eval_freq}" + (f"; checkpoint at {at}" if at else "")
+            )
+        print(f"{sum(r.key in done for r in runs)}/{len(runs)} done; {total:,} environment steps to go")
+        return 0
     ray.init(address=args.address)
     try:
         failures = run_matrix(runs, csv_path, storage, args.max_concurrent, args.max_failures)

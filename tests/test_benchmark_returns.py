@@ -117,25 +117,40 @@ def test_tiny_matrix_on_ray_killed_trials_and_report(tmp_path, capsys):
     assert paper_line.startswith("| paper | 0 |  | ")  # PaperDDPG evaluates every 300 steps here
 
 
-def test_an_interrupted_matrix_resumes_without_redoing_finished_runs(tmp_path):
+def _one_done_one_checkpointed(out: Path) -> bool:
+    """
+    Whether a run of the matrix is in the CSV and another one, unfinished, has a checkpoint in Tune's experiment: its
+    second one is being written, so its first one is registered.
+    """
+    done = returns.completed(returns.read_rows(out / "returns.csv"))
+    trials = out.glob(".tune/*/paper_Pendulum-v1_*")  # one directory per trial, named after its run
+    unfinished = [trial for trial in trials if ("paper", "Pendulum-v1", int(trial.name.rsplit("_", 1)[1])) not in done]
+    return bool(done) and any(any(trial.glob("checkpoint_00000[1-9]")) for trial in unfinished)
+
+
+def test_an_interrupted_matrix_resumes_without_redoing_finished_runs(tmp_path, capsys):
     csv_path = tmp_path / "returns.csv"
     with local_ray() as address:
-        # The command, on the Ray cluster of this test; one run at a time
+        # The command, on the Ray cluster of this test; one run at a time, PaperDDPG training from step 1000
         cli = [sys.executable, str(BENCHMARKS / "returns.py"), "run", "--out", str(tmp_path), "--address", address]
-        cli += ["--configs", "paper", "--envs", "Pendulum-v1", "--seeds", "0,1,2", "--steps", "400"]
+        cli += ["--configs", "paper", "--envs", "Pendulum-v1", "--seeds", "0,1,2", "--steps", "1400"]
         cli += ["--eval-freq", "200", "--eval-episodes", "1", "--max-concurrent", "1", "--no-report"]
-        # Stopped (Ctrl-C) once the first run is in the CSV: the others are unfinished
+        # Stopped (Ctrl-C) once a run is in the CSV and the next one has a checkpoint
         with open(tmp_path / "first.log", "w") as log:
             proc = subprocess.Popen(cli, stdout=log, stderr=subprocess.STDOUT, text=True)
             deadline = time.monotonic() + 240
-            while not csv_path.exists() and proc.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.2)
-            assert csv_path.exists(), (tmp_path / "first.log").read_text()[-3000:]
+            while not _one_done_one_checkpointed(tmp_path) and time.monotonic() < deadline:
+                assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+                time.sleep(0.1)
             proc.send_signal(signal.SIGINT)
             assert proc.wait(timeout=120) == 1, (tmp_path / "first.log").read_text()[-3000:]
         first = returns.read_rows(csv_path)
         done_before = returns.completed(first)
         assert 1 <= len(done_before) < 3
+        # What is done, and the step each unfinished run resumes from (read from Tune's experiment)
+        assert returns.main(["list", *cli[3:]]) == 0
+        listed = capsys.readouterr().out
+        assert f"{len(done_before)}/3 done" in listed and "; checkpoint at " in listed
 
         # The same command again: Tune's experiment is restored, the finished runs are not submitted again
         result = subprocess.run(cli, capture_output=True, text=True, timeout=600)
@@ -146,7 +161,7 @@ def test_an_interrupted_matrix_resumes_without_redoing_finished_runs(tmp_path):
             assert f"done {key}" not in result.stdout
     rows = returns.read_rows(csv_path)
     assert returns.completed(rows) == {("paper", "Pendulum-v1", seed) for seed in (0, 1, 2)}
-    assert len(rows) == 3 * 3
+    assert len(rows) == 3 * 8
     assert [r for r in rows if (r["config"], r["env"], r["seed"]) in done_before] == first  # wall times included
     assert not any((tmp_path / ".tune").iterdir())
 
