@@ -8,8 +8,9 @@ steps (and at step 0) on ``n_eval_episodes`` episodes of a separate environment 
 evaluation, and hands Tune a crash-safe checkpoint every ``checkpoint_freq`` steps (default: at every evaluation; the
 newest is kept). Tune retries a failed run from its last checkpoint, and rerunning the same command restores an
 interrupted matrix: unfinished runs continue from their last checkpoint, exactly as if never interrupted (on CPU).
-Finished runs travel to the driver with Tune's results and are written there to ONE CSV file (atomically: temporary
-file + rename); a run whose last evaluation in the CSV is at its budget is never submitted again.
+A finished run's evaluations reach the driver in its last Tune checkpoint and are written there, as the run
+completes, to ONE CSV file (atomically: temporary file + rename); a run whose last evaluation in the CSV is at its
+budget is not submitted again.
 
     python benchmarks/returns.py run                       # the full matrix (hours), then the report
     python benchmarks/returns.py run --envs Pendulum-v1 --configs paper,paper-no-bn --seeds 0,1,2
