@@ -466,7 +466,7 @@ def write_rows(csv_path: Path, rows: Iterable[dict[str, Any]]) -> None:
 
 @contextlib.contextmanager
 def locked(csv_path: Path) -> Iterator[None]:
-    """Hold an exclusive lock (``<csv>.lock``) for a read-modify-write of the CSV shared by several matrix processes."""
+    """Hold an exclusive lock (``<csv>.lock``) for a read-modify-write of the CSV that several matrix commands share."""
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     with open(csv_path.with_name(f".{csv_path.name}.lock"), "w") as lock_file:
         fcntl.flock(lock_file, fcntl.LOCK_EX)
@@ -478,7 +478,7 @@ def locked(csv_path: Path) -> Iterator[None]:
 
 def record_run(csv_path: Path, key: tuple[str, str, int], rows: list[dict[str, Any]]) -> None:
     """Put one finished run's rows into the CSV (replacing any earlier rows of that run), under the CSV's lock."""
-    with locked(csv_path):  # other matrix processes (e.g. other --envs) may share this CSV
+    with locked(csv_path):  # other matrix commands (e.g. other --envs) may share this CSV
         kept = [row for row in read_rows(csv_path) if (row["config"], row["env"], row["seed"]) != key]
         write_rows(csv_path, kept + rows)
 
