@@ -635,8 +635,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"Tune's storage: checkpoints and experiment state (default: {STORAGE_NAME} next to the CSV); on a cluster, "
         "a directory that every node mounts, or a cloud URI",
     )
-    parser.add_argument("--max-concurrent", type=int, help="runs at once (default: one per CPU of the Ray cluster)")
-    parser.add_argument("--max-failures", type=int, default=3, help="retries of a failed run, from its last checkpoint")
+    parser.add_argument(
+        "--max-concurrent",
+        type=int,
+        help="runs at once (default: one per CPU of the Ray cluster; a resumed matrix keeps its own)",
+    )
+    parser.add_argument(
+        "--max-failures",
+        type=int,
+        default=3,
+        help="retries of a failed run, from its last checkpoint (a resumed matrix keeps its own)",
+    )
     parser.add_argument("--at", help="report: also tabulate the return of every seed at these steps (comma-separated)")
     parser.add_argument("--no-report", action="store_true", help="run without writing plots and tables afterwards")
     args = parser.parse_args(argv)
