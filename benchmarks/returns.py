@@ -1,20 +1,27 @@
 """
 Learning-curve matrix: PaperDDPG (paper defaults and the paper's Figure-2 ablations) against SB3's DDPG and TD3.
 
-Every (configuration, environment, seed) cell runs as an independent process with one torch thread, as many at once
-as ``--jobs`` (default: the number of cores). Each run is evaluated without exploration noise every ``eval_freq``
-environment steps (and at step 0) on ``n_eval_episodes`` episodes of a separate environment seeded identically at
-every evaluation. Finished runs are written to ONE CSV file (atomically: temporary file + rename), so an interrupted
-matrix resumes where it stopped: a run whose last evaluation is at its budget is never redone.
+Every (configuration, environment, seed) cell is a Ray Tune trial with one CPU and one torch thread, run on this
+machine (a local Ray, started by the command itself) or on a Ray cluster (``--address``), as many at once as there
+are CPUs or ``--max-concurrent``. Each run is evaluated without exploration noise every ``eval_freq`` environment
+steps (and at step 0) on ``n_eval_episodes`` episodes of a separate environment seeded identically at every
+evaluation, and hands Tune a crash-safe checkpoint every ``checkpoint_freq`` steps (default: at every evaluation; the
+newest is kept). Tune retries a failed run from its last checkpoint, and rerunning the same command restores an
+interrupted matrix: unfinished runs continue from their last checkpoint, exactly as if never interrupted (on CPU).
+A finished run's evaluations reach the driver in its last Tune checkpoint and are written there, as the run
+completes, to ONE CSV file (atomically: temporary file + rename); a run whose last evaluation in the CSV is at its
+budget is not submitted again.
 
     python benchmarks/returns.py run                       # the full matrix (hours), then the report
     python benchmarks/returns.py run --envs Pendulum-v1 --configs paper,paper-no-bn --seeds 0,1,2
+    python benchmarks/returns.py run --address auto        # the same, on the Ray cluster this machine belongs to
     python benchmarks/returns.py report                    # plots and tables from the CSV alone
     python benchmarks/returns.py list                      # the matrix and what is done
 
 Outputs (``--out``, default ``docs/results``): ``returns.csv`` (one row per evaluation point), one
 ``curve-<env>.png`` per environment (mean over seeds, band: min to max) and ``tables.md`` (final return mean +- std over
-seeds, area under the curve, wall time and training steps/s per run).
+seeds, area under the curve, wall time and training steps/s per run). Tune's experiment (trial checkpoints and state)
+lives in ``--storage`` (default: ``.tune`` next to the CSV) until all its runs are in the CSV.
 """
 
 from __future__ import annotations
@@ -24,10 +31,9 @@ import contextlib
 import csv
 import dataclasses
 import fcntl
+import hashlib
 import json
-import multiprocessing as mp
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -37,9 +43,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.fs
+import ray
+from ray import tune
 
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "docs" / "results"
 CSV_NAME = "returns.csv"
+STORAGE_NAME = ".tune"  # Tune's storage by default: next to the CSV
+ROWS_NAME = "rows.json"  # in a trial's Tune checkpoint: its evaluations up to the checkpoint
+# Test hook (tests/test_benchmark_returns.py): set in the trials' environment, it makes the first attempt of every
+# trial die right after it has handed Tune its first checkpoint.
+KILL_AFTER_FIRST_CHECKPOINT = "RETURNS_TEST_KILL_AFTER_FIRST_CHECKPOINT"
 FIELDS = ["config", "env", "seed", "budget", "step", "eval_mean", "eval_std", "train_seconds"]
 
 
@@ -115,6 +129,14 @@ class Run:
     budget: int
     eval_freq: int
     n_eval_episodes: int = 10
+    checkpoint_freq: int | None = None  # default: at every evaluation
+
+    def __post_init__(self) -> None:
+        if self.checkpoint_freq is not None and (self.checkpoint_freq <= 0 or self.checkpoint_freq % self.eval_freq):
+            raise ValueError(
+                f"The checkpoint interval ({self.checkpoint_freq}) must be a multiple of the evaluation interval of "
+                f"{self.env} ({self.eval_freq}): checkpoints are taken at evaluations."
+            )
 
     @property
     def key(self) -> tuple[str, str, int]:
@@ -128,8 +150,14 @@ def plan(
     steps: int | None = None,
     eval_freq: int | None = None,
     n_eval_episodes: int = 10,
+    checkpoint_freq: int | None = None,
 ) -> list[Run]:
-    """The runs of the default matrix, optionally restricted (configs, envs, seeds) or resized (steps, eval_freq)."""
+    """
+    The runs of the default matrix, optionally restricted (configs, envs, seeds) or resized (steps, eval_freq).
+
+    :param checkpoint_freq: the checkpoint interval of every run, a multiple of its evaluation interval (default: the
+        evaluation interval)
+    """
     for name in configs or []:
         if name not in CONFIGS:
             raise ValueError(f"Unknown config {name!r}: expected one of {sorted(CONFIGS)}.")
@@ -148,13 +176,13 @@ def plan(
         if budget <= 0 or freq <= 0:
             raise ValueError(f"No budget known for {env!r}: pass --steps and --eval-freq.")
         for seed in seeds if seeds is not None else seeds_for(env):
-            runs.append(Run(config, env, seed, budget, freq, n_eval_episodes))
+            runs.append(Run(config, env, seed, budget, freq, n_eval_episodes, checkpoint_freq))
     return runs
 
 
 # --------------------------------------------------------------------------------------------------- one run
 def make_model(config: Config, env: Any, seed: int) -> Any:
-    """Build the algorithm of a configuration (imported here: children import torch once, with one thread)."""
+    """Build the algorithm of a configuration (imported here: the driver needs no torch)."""
     if config.algo == "paper":
         from sb3_ddpg_paper import PaperDDPG
 
@@ -181,10 +209,6 @@ def evaluate(model: Any, eval_env: Any, n_episodes: int, seed: int) -> tuple[flo
     return float(np.mean(returns)), float(np.std(returns))  # what evaluate_policy returns without return_episode_rewards
 
 
-ROWS_NAME = "rows.csv"  # in a run's working directory: its evaluations so far (same columns as the matrix CSV)
-SETTINGS_NAME = "run.json"  # in a run's working directory: the run's settings, which a resume must match
-
-
 def algorithm_class(config: Config) -> Any:
     if config.algo == "paper":
         from sb3_ddpg_paper import PaperDDPG
@@ -195,52 +219,49 @@ def algorithm_class(config: Config) -> Any:
     return {"sb3-ddpg": DDPG, "sb3-td3": TD3}[config.algo]
 
 
-def resume_point(run: Run, work_dir: Path) -> tuple[Path, list[dict[str, Any]]] | None:
+def _metrics(row: dict[str, Any]) -> dict[str, Any]:
+    """What Tune shows of an evaluation."""
+    return {name: row[name] for name in ("step", "eval_mean", "eval_std", "train_seconds")}
+
+
+def train_run(config: dict[str, Any]) -> None:
     """
-    The newest complete checkpoint of an interrupted run with these settings, and its evaluations up to that step;
-    ``None`` when there is nothing (consistent) to resume.
-    """
-    from sb3_ddpg_paper.checkpoints import CheckpointError, latest_checkpoint, verify_checkpoint
+    Train one run of the matrix: a Tune function trainable, ``config["run"]`` holding the fields of a :class:`Run`.
 
-    try:
-        if json.loads((work_dir / SETTINGS_NAME).read_text()) != dataclasses.asdict(run):
-            return None
-        checkpoint = latest_checkpoint(work_dir)
-        step = verify_checkpoint(checkpoint)["num_timesteps"]
-        rows = [row for row in read_rows(work_dir / ROWS_NAME) if row["step"] <= step]
-    except (OSError, ValueError, CheckpointError):
-        return None
-    # Checkpoints are taken at evaluation steps, after the evaluation is written: the rows must reach the checkpoint
-    return (checkpoint, rows) if rows and rows[-1]["step"] == step else None
-
-
-def execute(run: Run, work_dir: Path | None = None) -> list[dict[str, Any]]:
-    """
-    Train one cell and return its evaluation rows (runs in a child process).
-
-    With a ``work_dir``, the run writes its evaluations so far (``rows.csv``) and a crash-safe checkpoint at every
-    evaluation (:mod:`sb3_ddpg_paper.checkpoints`: model, optimizers, replay buffer, RNGs, noise, and the environment
-    mid-episode, MuJoCo physics included), and an interrupted run resumes from its last checkpoint, continuing exactly
-    as the uninterrupted run would have (on CPU). ``train_seconds`` counts training only: not evaluations, checkpoint
-    writes, or the time between an interruption and the resume.
+    Each evaluation is reported to Tune. Every ``checkpoint_freq`` steps the run writes a crash-safe checkpoint
+    (:mod:`sb3_ddpg_paper.checkpoints`: model, optimizers, replay buffer, RNGs, noise, and the environment mid-episode,
+    MuJoCo physics included) and reports it to Tune with its evaluations so far. A trial that Tune retries (after a
+    failure) or restores (after an interruption) continues from that checkpoint exactly as the uninterrupted run would
+    have (on CPU). The last report's checkpoint holds the evaluation rows alone: the driver puts them into the CSV
+    (:class:`RecordRuns`), and a finished run that Tune starts again only reports them again. ``train_seconds`` counts
+    training only: not evaluations, checkpoints, or the time between an interruption and the resume.
     """
     import torch as th
 
-    from sb3_ddpg_paper.fast_paths import denormals_are_flushed
-
-    threads, flushed = th.get_num_threads(), denormals_are_flushed()
     th.set_num_threads(1)
     # Every configuration runs with denormals flushed to zero: without it, Adam's moments of units whose gradient is
     # zero decay into the denormal range and every update becomes several times slower (SB3's algorithms too).
     th.set_flush_denormal(True)
-    try:
-        return _train(run, work_dir)
-    finally:  # an in-process caller (the tests) gets its thread count and floating-point mode back
-        th.set_num_threads(threads)
-        th.set_flush_denormal(flushed)
+    run = Run(**config["run"])
+    # In the trial's working directory (in Ray's session directory on this node), which also keeps what a killed
+    # attempt leaves behind
+    with tempfile.TemporaryDirectory(dir=tune.get_context().get_trial_dir()) as tmp:
+        work_dir = Path(tmp)  # the newest checkpoint and the evaluations up to it: a Tune checkpoint
+        checkpoint = tune.get_checkpoint()
+        rows: list[dict[str, Any]] = []
+        if checkpoint is not None:
+            checkpoint.to_directory(work_dir)
+            rows = json.loads((work_dir / ROWS_NAME).read_text())
+        if not rows or rows[-1]["step"] != run.budget:
+            _train(run, work_dir, rows)
+        final = work_dir / "final"
+        final.mkdir()
+        (final / ROWS_NAME).write_text(json.dumps(rows))
+        tune.report(_metrics(rows[-1]), checkpoint=tune.Checkpoint.from_directory(final))
 
 
-def _train(run: Run, work_dir: Path | None) -> list[dict[str, Any]]:
+def _train(run: Run, work_dir: Path, rows: list[dict[str, Any]]) -> None:
+    """Train from the checkpoint in ``work_dir`` (when ``rows`` are given) or from scratch, appending the evaluations."""
     import gymnasium as gym
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.monitor import Monitor
@@ -249,21 +270,14 @@ def _train(run: Run, work_dir: Path | None) -> list[dict[str, Any]]:
     from sb3_ddpg_paper.checkpoints import CrashSafeCheckpointCallback, load_checkpoint
 
     config = CONFIGS[run.config]
+    checkpoint_freq = run.checkpoint_freq or run.eval_freq
     eval_env = DummyVecEnv([lambda: Monitor(gym.make(run.env))])
     eval_seed = 10_000 + run.seed
-    resume = None if work_dir is None else resume_point(run, work_dir)
-    if resume is not None:
-        try:
-            model = load_checkpoint(resume[0], algorithm_class=algorithm_class(config))
-        except Exception as error:  # e.g. written by an incompatible version: starting over is slower, never wrong
-            problem = f"{type(error).__name__}: {error}"
-            print(f"{run.key}: cannot resume from {resume[0]} ({problem}); starting over", file=sys.stderr)
-            resume = None
-    if work_dir is not None and resume is None:  # a new run: nothing left of an older one with other settings
-        shutil.rmtree(work_dir, ignore_errors=True)
-        work_dir.mkdir(parents=True)
-        (work_dir / SETTINGS_NAME).write_text(json.dumps(dataclasses.asdict(run)))
-    rows: list[dict[str, Any]] = [] if resume is None else resume[1]
+    resumed = bool(rows)
+    if resumed:
+        model = load_checkpoint(work_dir, algorithm_class=algorithm_class(config))
+    else:
+        model = make_model(config, gym.make(run.env), run.seed)
     clock = {"train": rows[-1]["train_seconds"] if rows else 0.0, "since": 0.0}
 
     def record(step: int) -> None:
@@ -271,8 +285,8 @@ def _train(run: Run, work_dir: Path | None) -> list[dict[str, Any]]:
         mean, std = evaluate(model, eval_env, run.n_eval_episodes, eval_seed)
         values = [run.config, run.env, run.seed, run.budget, step, mean, std, clock["train"]]
         rows.append(dict(zip(FIELDS, values, strict=True)))
-        if work_dir is not None:  # before the checkpoint of this step: a checkpoint's evaluations are always on disk
-            write_rows(work_dir / ROWS_NAME, rows)
+        if step % checkpoint_freq != 0:  # else reported with the checkpoint of this step (at the next rollout start)
+            tune.report(_metrics(rows[-1]))
         clock["since"] = time.perf_counter()
 
     class EvalEvery(BaseCallback):
@@ -284,67 +298,129 @@ def _train(run: Run, work_dir: Path | None) -> list[dict[str, Any]]:
     class Checkpoints(CrashSafeCheckpointCallback):
         def save(self) -> Path:
             started = time.perf_counter()
-            path = super().save()
+            path = super().save()  # keep_last=1: the directory holds this checkpoint only
+            (self.directory / ROWS_NAME).write_text(json.dumps(rows))
+            tune.report(_metrics(rows[-1]), checkpoint=tune.Checkpoint.from_directory(self.directory))
+            if os.environ.get(KILL_AFTER_FIRST_CHECKPOINT) and not resumed:
+                os._exit(1)
             clock["since"] += time.perf_counter() - started  # not training time
             return path
 
-    if resume is None:
-        model = make_model(config, gym.make(run.env), run.seed)
+        def _on_training_end(self) -> None:
+            pass  # no checkpoint at the end: the last checkpoint of a finished run holds its evaluations alone
+
     clock["since"] = time.perf_counter()
     if not rows:  # a new run: evaluate the untrained policy
         record(0)
-    callbacks: list[BaseCallback] = [EvalEvery()]
-    if work_dir is not None:
-        callbacks.append(Checkpoints(work_dir, save_freq=run.eval_freq, keep_last=1))
+    callbacks = [EvalEvery(), Checkpoints(work_dir, save_freq=checkpoint_freq, keep_last=1)]
     if model.num_timesteps < run.budget:
-        model.learn(run.budget - model.num_timesteps, callback=callbacks, reset_num_timesteps=resume is None)
+        model.learn(run.budget - model.num_timesteps, callback=callbacks, reset_num_timesteps=not resumed)
     if rows[-1]["step"] != run.budget:
         record(run.budget)
     assert model.env is not None
     model.env.close()
     eval_env.close()
-    return rows
 
 
-def progress_dir_of(csv_path: Path) -> Path:
-    """Where the runs in progress of a matrix CSV keep their working directories."""
-    return csv_path.parent / ".progress"
+# ----------------------------------------------------------------------------------------------- the matrix on Ray
+def _trial_name(trial: Any) -> str:
+    """A trial's name and directory: its run's key."""
+    run = trial.config["run"]
+    return f"{run['config']}_{run['env']}_{run['seed']}"
 
 
-def work_dir_of(run: Run, progress_dir: Path) -> Path:
-    """Where a run in progress keeps its evaluations and checkpoints (removed once the run is in the CSV)."""
-    return progress_dir / f"{run.config}__{run.env}__{run.seed}"
+def experiment_name(runs: Sequence[Run], csv_path: Path) -> str:
+    """The name of a matrix's Tune experiment (from its runs and its CSV): the same command finds it again."""
+    matrix = json.dumps([str(csv_path.resolve()), *map(dataclasses.asdict, runs)])
+    return f"returns-{hashlib.sha256(matrix.encode()).hexdigest()[:12]}"
 
 
-def _remove_work_dir(work_dir: Path) -> None:
-    shutil.rmtree(work_dir, ignore_errors=True)
-    work_dir.with_name(f"{work_dir.name}.lock").unlink(missing_ok=True)
+def experiment_path(runs: Sequence[Run], csv_path: Path, storage: str) -> str:
+    """Where Tune keeps that experiment: ``<storage>/<name>`` (a path or a URI)."""
+    return f"{storage.rstrip('/')}/{experiment_name(runs, csv_path)}"
 
 
-def _execute_in_child(args: tuple[Run, str]) -> tuple[Run, list[dict[str, Any]] | None, str | None]:
+def checkpoint_steps(experiment: str) -> dict[tuple[str, str, int], int]:
+    """The step of each run's last checkpoint in an interrupted experiment (read from its storage; Ray is not started)."""
+    if not tune.Tuner.can_restore(experiment):
+        return {}
+    results = tune.Tuner.restore(experiment, train_run).get_results()
+    return {Run(**r.config["run"]).key: r.best_checkpoints[-1][1]["step"] for r in results if r.best_checkpoints}
+
+
+class RecordRuns(tune.Callback):
+    """Put each finished run into the CSV, on the driver (the trials may run on other machines of a cluster)."""
+
+    def __init__(self, csv_path: Path):
+        self.csv_path = csv_path
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        run = Run(**trial.config["run"])
+        with trial.checkpoint.as_directory() as directory:  # the trial's last checkpoint: its evaluations
+            rows = json.loads((Path(directory) / ROWS_NAME).read_text())
+        record_run(self.csv_path, run.key, rows)
+        seconds = rows[-1]["train_seconds"]
+        retries = f", retried after {trial.num_failures} failure(s)" if trial.num_failures else ""
+        print(
+            f"done {run.key}: final {rows[-1]['eval_mean']:.1f} after {run.budget} steps, "
+            f"{seconds:.0f}s training ({run.budget / max(seconds, 1e-9):.0f} steps/s){retries}"
+        )
+
+
+def run_matrix(
+    runs: list[Run],
+    csv_path: Path,
+    storage: str,
+    max_concurrent: int | None = None,
+    max_failures: int = 3,
+) -> list[str]:
     """
-    Train one run in this (child) process and record it in the CSV: ``(run, rows, None)`` when it ran,
-    ``(run, None, reason)`` when it failed, and ``(run, None, None)`` when another matrix process sharing the CSV has
-    it (running, or finished since this process listed what to do).
+    Run, on the Ray this process is connected to, the runs that the CSV does not have yet, one CPU each; return the
+    runs that did not finish.
+
+    The first call starts a Tune experiment under ``storage``; after an interruption, the same call restores it:
+    finished runs are kept, the others continue from their last checkpoint (failed ones too). The experiment is
+    deleted once all its runs are in the CSV.
+
+    :param storage: Tune's storage path (on a cluster: a directory every node shares, or a cloud URI)
+    :param max_concurrent: runs at once (default: as many as the cluster has CPUs). A restored experiment keeps the
+        value it started with, as it keeps ``max_failures``
+    :param max_failures: retries of a failed run, each from its last checkpoint
     """
-    run, csv_name = args
-    csv_path = Path(csv_name)
-    work_dir = work_dir_of(run, progress_dir_of(csv_path))
-    try:
-        with open(work_dir.with_name(f"{work_dir.name}.lock"), "w") as lock_file:
-            try:  # one process per run: two writers would overwrite each other's checkpoints
-                fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return run, None, None
-            if run.key in completed(read_rows(csv_path)):
-                return run, None, None
-            rows = execute(run, work_dir)
-            # Recorded before the lock is released (and its file removed): whoever takes the lock next sees it done
-            record_run(csv_path, run.key, rows)
-            _remove_work_dir(work_dir)
-            return run, rows, None
-    except Exception as error:  # a failed cell must not stop the matrix; it is reported and retried next time
-        return run, None, f"{type(error).__name__}: {error}"
+    done = completed(read_rows(csv_path))
+    todo = [run for run in runs if run.key not in done]
+    print(f"{len(runs)} runs in the matrix, {len(runs) - len(todo)} already done, {len(todo)} to run")
+    if not todo:
+        return []
+    experiment = experiment_path(runs, csv_path, storage)
+    trainable = tune.with_resources(train_run, {"cpu": 1})
+    if tune.Tuner.can_restore(experiment):
+        print(f"resuming the interrupted experiment {experiment}")
+        tuner = tune.Tuner.restore(experiment, trainable, resume_errored=True)
+    else:
+        # Longest first, so that the matrix does not end with one long run on an otherwise idle machine
+        todo.sort(key=lambda r: -r.budget)
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"run": tune.grid_search([dataclasses.asdict(run) for run in todo])},
+            tune_config=tune.TuneConfig(
+                max_concurrent_trials=max_concurrent, trial_name_creator=_trial_name, trial_dirname_creator=_trial_name
+            ),
+            run_config=tune.RunConfig(
+                name=experiment_name(runs, csv_path),
+                storage_path=storage,
+                failure_config=tune.FailureConfig(max_failures=max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                callbacks=[RecordRuns(csv_path)],
+            ),
+        )
+    results = tuner.fit()
+    done = completed(read_rows(csv_path))
+    errors = {Run(**result.config["run"]).key: result.error for result in results if result.error is not None}
+    if all(Run(**result.config["run"]).key in done for result in results):  # the experiment has nothing left to resume
+        filesystem, path = pyarrow.fs.FileSystem.from_uri(experiment)
+        filesystem.delete_dir(path)
+    return [f"{run.key}: {errors.get(run.key, 'unfinished')}" for run in todo if run.key not in done]
 
 
 # ------------------------------------------------------------------------------------------------ the CSV
@@ -395,7 +471,7 @@ def write_rows(csv_path: Path, rows: Iterable[dict[str, Any]]) -> None:
 
 @contextlib.contextmanager
 def locked(csv_path: Path) -> Iterator[None]:
-    """Hold an exclusive lock (``<csv>.lock``) for a read-modify-write of the CSV shared by several matrix processes."""
+    """Hold an exclusive lock (``<csv>.lock``) for a read-modify-write of the CSV that several matrix commands share."""
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     with open(csv_path.with_name(f".{csv_path.name}.lock"), "w") as lock_file:
         fcntl.flock(lock_file, fcntl.LOCK_EX)
@@ -407,7 +483,7 @@ def locked(csv_path: Path) -> Iterator[None]:
 
 def record_run(csv_path: Path, key: tuple[str, str, int], rows: list[dict[str, Any]]) -> None:
     """Put one finished run's rows into the CSV (replacing any earlier rows of that run), under the CSV's lock."""
-    with locked(csv_path):  # other matrix processes (e.g. other --envs) may share this CSV
+    with locked(csv_path):  # other matrix commands (e.g. other --envs) may share this CSV
         kept = [row for row in read_rows(csv_path) if (row["config"], row["env"], row["seed"]) != key]
         write_rows(csv_path, kept + rows)
 
@@ -421,42 +497,6 @@ def completed(rows: Iterable[dict[str, Any]]) -> set[tuple[str, str, int]]:
         last[key] = max(last.get(key, -1), row["step"])
         budget[key] = row["budget"]
     return {key for key, step in last.items() if step >= budget[key]}
-
-
-def run_matrix(runs: list[Run], csv_path: Path, jobs: int, log: Callable[[str], None] = print) -> list[str]:
-    """Run what is not done yet, ``jobs`` processes at a time; return the failures."""
-    done = completed(read_rows(csv_path))
-    todo = [run for run in runs if run.key not in done]
-    progress_dir = progress_dir_of(csv_path)
-    for run in runs:  # finished runs need no checkpoints (e.g. the CSV was written, then the process was killed)
-        if run.key in done:
-            _remove_work_dir(work_dir_of(run, progress_dir))
-    resumable = sum(resume_point(run, work_dir_of(run, progress_dir)) is not None for run in todo)
-    log(
-        f"{len(runs)} runs in the matrix, {len(runs) - len(todo)} already done, {len(todo)} to run with {jobs} "
-        f"processes ({resumable} resume from a checkpoint)"
-    )
-    failures: list[str] = []
-    if not todo:
-        return failures
-    progress_dir.mkdir(parents=True, exist_ok=True)
-    # Longest first, so that the matrix does not end with one long run on an otherwise idle machine
-    todo.sort(key=lambda r: -r.budget)
-    context = mp.get_context("spawn")  # fresh interpreters: no inherited torch threads or RNG state
-    with context.Pool(jobs, maxtasksperchild=1) as pool:
-        for run, rows, error in pool.imap_unordered(_execute_in_child, [(r, str(csv_path)) for r in todo]):
-            if error is not None:
-                failures.append(f"{run.key}: {error}")
-                log(f"FAILED {run.key}: {error}")
-            elif rows is None:
-                log(f"skipped {run.key}: another matrix process is running it or has finished it")
-            else:
-                seconds = rows[-1]["train_seconds"]
-                log(
-                    f"done {run.key}: final {rows[-1]['eval_mean']:.1f} after {run.budget} steps, "
-                    f"{seconds:.0f}s training ({run.budget / max(seconds, 1e-9):.0f} steps/s)"
-                )
-    return failures
 
 
 # ---------------------------------------------------------------------------------------------- the report
@@ -591,7 +631,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, help="override the budget of every run")
     parser.add_argument("--eval-freq", type=int, help="override the evaluation interval")
     parser.add_argument("--eval-episodes", type=int, default=10)
-    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="runs in parallel (default: cores)")
+    parser.add_argument(
+        "--checkpoint-freq", type=int, help="checkpoint interval, a multiple of the evaluation interval (default: the latter)"
+    )
+    parser.add_argument("--address", help="Ray cluster to run on, e.g. auto (default: a local Ray on this machine)")
+    parser.add_argument(
+        "--storage",
+        help=f"Tune's storage: checkpoints and experiment state (default: {STORAGE_NAME} next to the CSV); on a cluster, "
+        "a directory that every node mounts, or a cloud URI",
+    )
+    parser.add_argument(
+        "--max-concurrent",
+        type=int,
+        help="runs at once (default: one per CPU of the Ray cluster; a resumed matrix keeps its own)",
+    )
+    parser.add_argument(
+        "--max-failures",
+        type=int,
+        default=3,
+        help="retries of a failed run, from its last checkpoint (a resumed matrix keeps its own)",
+    )
     parser.add_argument("--at", help="report: also tabulate the return of every seed at these steps (comma-separated)")
     parser.add_argument("--no-report", action="store_true", help="run without writing plots and tables afterwards")
     args = parser.parse_args(argv)
@@ -608,13 +667,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.steps,
         args.eval_freq,
         args.eval_episodes,
+        args.checkpoint_freq,
     )
+    storage = args.storage or str(csv_path.parent / STORAGE_NAME)
+    if "://" not in storage:
+        storage = str(Path(storage).resolve())
     if args.command == "list":
         done = completed(read_rows(csv_path))
+        checkpoints = checkpoint_steps(experiment_path(runs, csv_path, storage))
         total = 0
         for run in runs:
-            resume = None if run.key in done else resume_point(run, work_dir_of(run, progress_dir_of(csv_path)))
-            at = 0 if resume is None else resume[1][-1]["step"]
+            at = 0 if run.key in done else checkpoints.get(run.key, 0)
             total += 0 if run.key in done else run.budget - at
             print(
                 f"{'done' if run.key in done else 'todo'}  {run.config:24s} {run.env:22s} seed {run.seed}  "
@@ -622,12 +685,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         print(f"{sum(r.key in done for r in runs)}/{len(runs)} done; {total:,} environment steps to go")
         return 0
-    failures = run_matrix(runs, csv_path, max(1, args.jobs))
+    ray.init(address=args.address)
+    try:
+        failures = run_matrix(runs, csv_path, storage, args.max_concurrent, args.max_failures)
+    finally:
+        ray.shutdown()
     if not args.no_report and csv_path.exists():
         for path in write_report(csv_path, args.out):
             print(f"wrote {path}")
     if failures:
-        print("Failed runs (rerun the same command to retry them):\n  " + "\n  ".join(failures), file=sys.stderr)
+        print("Unfinished runs (rerun the same command to resume them):\n  " + "\n  ".join(failures), file=sys.stderr)
         return 1
     return 0
 

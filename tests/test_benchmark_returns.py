@@ -1,46 +1,54 @@
-"""The learning-curve matrix machinery (benchmarks/returns.py) on a tiny matrix: CSV schema, resume, plots, tables."""
+"""
+The learning-curve matrix (benchmarks/returns.py) on tiny matrices and a local Ray with 2 CPUs: the CSV, a killed trial
+retried from its checkpoint, an interrupted matrix resumed, plots and tables.
+"""
 
+import contextlib
 import csv
-import dataclasses
-import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import ray
+from ray import cloudpickle
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 import returns  # noqa: E402
 
-from sb3_ddpg_paper.fast_paths import denormals_are_flushed  # noqa: E402
+# Ray's workers cannot import benchmarks/returns.py the way this process does: ship the module's code with the trainable,
+# as Ray does for the script run as __main__.
+cloudpickle.register_pickle_by_value(returns)
 
-TINY = dict(configs=["paper", "sb3-ddpg"], envs=["Pendulum-v1"], seeds=[0, 1], steps=400, eval_freq=200, n_eval_episodes=1)
+# Two seeds per configuration. Each run trains after its first checkpoint (SB3's TD3 from step 100, PaperDDPG from
+# 1000), which is taken in the middle of an episode (Pendulum's last 200 steps) and between two evaluations.
+MATRIX = [
+    returns.Run(config, "Pendulum-v1", seed, budget, eval_freq, n_eval_episodes=1, checkpoint_freq=checkpoint_freq)
+    for config, budget, eval_freq, checkpoint_freq in (("paper", 1_200, 300, 900), ("sb3-td3", 600, 150, 300))
+    for seed in (0, 1)
+]
 
 
-def _cli(out: Path, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        str(BENCHMARKS / "returns.py"),
-        "run",
-        "--out",
-        str(out),
-        "--configs",
-        "paper,sb3-ddpg",
-        "--envs",
-        "Pendulum-v1",
-        "--seeds",
-        "0,1",
-        "--steps",
-        "400",
-        "--eval-freq",
-        "200",
-        "--eval-episodes",
-        "1",
-        *extra,
-    ]
+@contextlib.contextmanager
+def local_ray(**env_vars: str) -> Iterator[str]:
+    """A local Ray with 2 CPUs whose workers see ``env_vars``, shut down whatever happens; yields its address."""
+    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": env_vars})
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+
+
+def _curves(rows: list[dict[str, Any]]) -> dict[tuple[str, str, int], list[tuple[int, str]]]:
+    curves: dict[tuple[str, str, int], list[tuple[int, str]]] = {}
+    for row in rows:
+        curves.setdefault((row["config"], row["env"], row["seed"]), []).append((row["step"], f"{row['eval_mean']:.3f}"))
+    return curves
 
 
 def test_plan_of_the_default_matrix():
@@ -53,59 +61,109 @@ def test_plan_of_the_default_matrix():
     assert sum(r.env == "Hopper-v5" and r.config == "sb3-td3" for r in runs) == 3
     with pytest.raises(ValueError, match="Unknown config 'nope'"):
         returns.plan(configs=["nope"])
+    # Checkpoints are taken at evaluations: every 10k steps fits every env's evaluation interval, 3k does not
+    assert {r.checkpoint_freq for r in returns.plan(checkpoint_freq=10_000)} == {10_000}
+    with pytest.raises(ValueError, match=r"checkpoint interval \(3000\) must be a multiple .* Pendulum-v1 \(2000\)"):
+        returns.plan(envs=["Pendulum-v1"], checkpoint_freq=3_000)
 
 
-def test_tiny_matrix_csv_resume_and_report(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    # Interrupt the matrix once its first run is in the CSV (one process at a time, so the others are unfinished)
-    proc = subprocess.Popen([*_cli(tmp_path, "--jobs", "1", "--no-report")], env=env, stdout=subprocess.PIPE, text=True)
-    csv_path = tmp_path / "returns.csv"
-    deadline = time.monotonic() + 240
-    while not csv_path.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert csv_path.exists(), "the first run never reached the CSV"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    first = returns.read_rows(csv_path)
-    done_before = returns.completed(first)
-    assert 1 <= len(done_before) < 4
+def test_tiny_matrix_on_ray_killed_trials_and_report(tmp_path, capsys):
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    with local_ray():
+        assert returns.run_matrix(MATRIX, reference / "returns.csv", str(reference / ".tune")) == []
+    rows = returns.read_rows(reference / "returns.csv")
 
-    # CSV schema: the columns, one row per evaluation (step 0 included), budget reached
-    with open(csv_path, newline="") as file:
+    # CSV schema: the columns, one row per evaluation (step 0 included) up to the budget, training time only
+    with open(reference / "returns.csv", newline="") as file:
         assert next(csv.reader(file)) == returns.FIELDS
-    for key in done_before:
-        steps = [r["step"] for r in first if (r["config"], r["env"], r["seed"]) == key]
-        assert steps == [0, 200, 400]
+    assert returns.completed(rows) == {run.key for run in MATRIX}
+    for run in MATRIX:
+        curve = [r for r in rows if (r["config"], r["env"], r["seed"]) == run.key]
+        assert [r["step"] for r in curve] == list(range(0, run.budget + 1, run.eval_freq))
+        assert 0 < curve[1]["train_seconds"] < curve[-1]["train_seconds"]
+        assert len({r["eval_mean"] for r in curve}) > 1  # the policy changed: training happened between evaluations
+    # Once all its runs are in the CSV, Tune's experiment (checkpoints, state) is deleted
+    assert not any((reference / ".tune").iterdir())
+    assert not list(reference.glob(".returns.csv.*.tmp"))
 
-    # Resume: the finished runs are not redone (their rows, wall times included, are unchanged), the rest is run
-    result = subprocess.run(_cli(tmp_path, "--jobs", "2"), env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert f"{len(done_before)} already done, {4 - len(done_before)} to run" in result.stdout
-    rows = returns.read_rows(csv_path)
-    assert returns.completed(rows) == {(c, "Pendulum-v1", s) for c in ("paper", "sb3-ddpg") for s in (0, 1)}
-    assert len(rows) == 4 * 3
-    assert [r for r in rows if (r["config"], r["env"], r["seed"]) in done_before] == first
-    assert all(r["train_seconds"] > 0 for r in rows if r["step"] > 0)
-    assert not list(tmp_path.glob(".returns.csv.*.tmp"))
+    # Every trial dies right after its first checkpoint and Tune retries it: it ends exactly as the uninterrupted run
+    capsys.readouterr()
+    seed_0 = [run for run in MATRIX if run.seed == 0]
+    with local_ray(**{returns.KILL_AFTER_FIRST_CHECKPOINT: "1"}):
+        assert returns.run_matrix(seed_0, killed / "returns.csv", str(killed / ".tune")) == []
+    # One failure each: a retry from scratch (without the checkpoint) would have died again
+    retried = [line.split(":")[0] for line in capsys.readouterr().out.splitlines() if line.endswith("after 1 failure(s)")]
+    assert sorted(retried) == sorted(f"done {run.key}" for run in seed_0)
+    curves = _curves(returns.read_rows(killed / "returns.csv"))
+    assert curves == {run.key: _curves(rows)[run.key] for run in seed_0}
 
-    # Plots and tables, regenerated from the CSV alone
-    (tmp_path / "curve-Pendulum-v1.png").unlink()
-    (tmp_path / "tables.md").unlink()
-    written = returns.write_report(csv_path, tmp_path)
-    assert (tmp_path / "curve-Pendulum-v1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    table = (tmp_path / "tables.md").read_text()
-    assert tmp_path / "tables.md" in written
-    assert "### Pendulum-v1 (400 steps)" in table
-    for config in ("paper", "sb3-ddpg"):
+    # Plots and tables, from the CSV alone
+    written = returns.write_report(reference / "returns.csv", reference)
+    assert (reference / "curve-Pendulum-v1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = (reference / "tables.md").read_text()
+    assert reference / "tables.md" in written
+    assert "### Pendulum-v1 (1,200 steps)" in table
+    for config in ("paper", "sb3-td3"):
         line = next(line for line in table.splitlines() if line.startswith(f"| {config} |"))
         cell = returns.summarise(rows)[("Pendulum-v1", config)]
         assert f"| 2 | {cell['final_mean']:.1f} +- {cell['final_std']:.1f} |" in line
     # Per-seed returns at chosen steps: only the steps this env's evaluations hit become columns
-    returns.write_report(csv_path, tmp_path, at_steps=[200, 300, 400])
-    table = (tmp_path / "tables.md").read_text()
-    assert "| config | seed | 200 | 400 |" in table
-    seed_line = next(line for line in table.splitlines() if line.startswith("| paper | 0 |"))
-    assert seed_line.count("|") == 5 and "|  |" not in seed_line
+    returns.write_report(reference / "returns.csv", reference, at_steps=[150, 200, 300])
+    table = (reference / "tables.md").read_text()
+    assert "| config | seed | 150 | 300 |" in table
+    td3_line = next(line for line in table.splitlines() if line.startswith("| sb3-td3 | 0 |"))
+    paper_line = next(line for line in table.splitlines() if line.startswith("| paper | 0 |"))
+    assert td3_line.count("|") == 5 and "|  |" not in td3_line
+    assert paper_line.startswith("| paper | 0 |  | ")  # PaperDDPG evaluates every 300 steps here
+
+
+def _one_done_one_checkpointed(out: Path) -> bool:
+    """
+    Whether a run of the matrix is in the CSV and another one, unfinished, has a checkpoint in Tune's experiment: its
+    second one is being written, so its first one is registered.
+    """
+    done = returns.completed(returns.read_rows(out / "returns.csv"))
+    trials = out.glob(".tune/*/paper_Pendulum-v1_*")  # one directory per trial, named after its run
+    unfinished = [trial for trial in trials if ("paper", "Pendulum-v1", int(trial.name.rsplit("_", 1)[1])) not in done]
+    return bool(done) and any(any(trial.glob("checkpoint_00000[1-9]")) for trial in unfinished)
+
+
+def test_an_interrupted_matrix_resumes_without_redoing_finished_runs(tmp_path, capsys):
+    csv_path = tmp_path / "returns.csv"
+    with local_ray() as address:
+        # The command, on the Ray cluster of this test; one run at a time, PaperDDPG training from step 1000
+        cli = [sys.executable, str(BENCHMARKS / "returns.py"), "run", "--out", str(tmp_path), "--address", address]
+        cli += ["--configs", "paper", "--envs", "Pendulum-v1", "--seeds", "0,1,2", "--steps", "1400"]
+        cli += ["--eval-freq", "200", "--eval-episodes", "1", "--max-concurrent", "1", "--no-report"]
+        # Stopped (Ctrl-C) once a run is in the CSV and the next one has a checkpoint
+        with open(tmp_path / "first.log", "w") as log:
+            proc = subprocess.Popen(cli, stdout=log, stderr=subprocess.STDOUT, text=True)
+            deadline = time.monotonic() + 240
+            while not _one_done_one_checkpointed(tmp_path) and time.monotonic() < deadline:
+                assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+                time.sleep(0.1)
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=120) == 1, (tmp_path / "first.log").read_text()[-3000:]
+        first = returns.read_rows(csv_path)
+        done_before = returns.completed(first)
+        assert 1 <= len(done_before) < 3
+        # What is done, and the step each unfinished run resumes from (read from Tune's experiment)
+        assert returns.main(["list", *cli[3:]]) == 0
+        listed = capsys.readouterr().out
+        assert f"{len(done_before)}/3 done" in listed and "; checkpoint at " in listed
+
+        # The same command again: Tune's experiment is restored, the finished runs are not submitted again
+        result = subprocess.run(cli, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        assert f"{len(done_before)} already done, {3 - len(done_before)} to run" in result.stdout
+        assert "resuming the interrupted experiment" in result.stdout
+        for key in done_before:
+            assert f"done {key}" not in result.stdout
+    rows = returns.read_rows(csv_path)
+    assert returns.completed(rows) == {("paper", "Pendulum-v1", seed) for seed in (0, 1, 2)}
+    assert len(rows) == 3 * 8
+    assert [r for r in rows if (r["config"], r["env"], r["seed"]) in done_before] == first  # wall times included
+    assert not any((tmp_path / ".tune").iterdir())
 
 
 def test_summary_numbers():
@@ -140,7 +198,7 @@ def _record_many(csv_path: str, config: str, n_runs: int) -> None:
 
 
 def test_matrix_processes_sharing_one_csv_lose_no_run(tmp_path):
-    """Two matrix processes (e.g. different --envs) write the same CSV: the lock keeps every finished run."""
+    """Two matrix drivers (e.g. different --envs) write the same CSV: the lock keeps every finished run."""
     import multiprocessing as mp
 
     csv_path = tmp_path / "returns.csv"
@@ -152,103 +210,3 @@ def test_matrix_processes_sharing_one_csv_lose_no_run(tmp_path):
         worker.join(timeout=120)
         assert worker.exitcode == 0
     assert len(returns.completed(returns.read_rows(csv_path))) == 50
-
-
-def test_a_run_another_matrix_process_has_is_not_run_again(tmp_path):
-    """Two matrix processes listed the same run: the second one neither trains it again nor records it twice."""
-    import fcntl
-
-    csv_path = tmp_path / "returns.csv"
-    (run,) = returns.plan(configs=["paper"], envs=["Pendulum-v1"], seeds=[0], steps=400, eval_freq=200, n_eval_episodes=1)
-    work_dir = returns.work_dir_of(run, returns.progress_dir_of(csv_path))
-    work_dir.parent.mkdir(parents=True)
-    with open(work_dir.with_name(f"{work_dir.name}.lock"), "w") as lock_file:  # the other process is running it
-        fcntl.flock(lock_file, fcntl.LOCK_EX)
-        assert returns._execute_in_child((run, str(csv_path))) == (run, None, None)
-    assert not csv_path.exists()
-    # ... and has finished it since this process listed its work: only the other process's rows are in the CSV
-    finished = [
-        dict(config="paper", env="Pendulum-v1", seed=0, budget=400, step=400, eval_mean=-1.0, eval_std=0.0, train_seconds=1.0)
-    ]
-    returns.record_run(csv_path, run.key, finished)
-    assert returns._execute_in_child((run, str(csv_path))) == (run, None, None)
-    assert [row["eval_mean"] for row in returns.read_rows(csv_path)] == [-1.0]
-    assert not work_dir.exists()
-
-
-@pytest.mark.parametrize(("config", "budget", "eval_freq"), [("paper", 1_500, 500), ("sb3-td3", 600, 200)])
-def test_interrupted_run_resumes_from_its_checkpoint_exactly(tmp_path, monkeypatch, config, budget, eval_freq):
-    import sb3_ddpg_paper.checkpoints as checkpoints
-
-    run = returns.Run(config, "Pendulum-v1", 0, budget, eval_freq, n_eval_episodes=1)
-    reference = returns.execute(run)  # uninterrupted, no checkpoints
-    work_dir = tmp_path / "run"
-    save, evaluate = checkpoints.save_checkpoint, returns.evaluate
-
-    def save_failing_at(step):
-        def failing(model, *args, **kwargs):
-            if model.num_timesteps == step:
-                raise KeyboardInterrupt("killed while writing a checkpoint")
-            return save(model, *args, **kwargs)
-
-        return failing
-
-    # 1. Killed after the evaluation at 2 * eval_freq was written, before its checkpoint: resumes from eval_freq
-    monkeypatch.setattr(checkpoints, "save_checkpoint", save_failing_at(2 * eval_freq))
-    with pytest.raises(KeyboardInterrupt):
-        returns.execute(run, work_dir)
-    assert [r["step"] for r in returns.read_rows(work_dir / returns.ROWS_NAME)] == [0, eval_freq, 2 * eval_freq]
-    checkpoint, rows = returns.resume_point(run, work_dir)
-    assert checkpoint.name.endswith(f"{eval_freq:012d}") and [r["step"] for r in rows] == [0, eval_freq]
-    # 2. Killed during the evaluation at the budget: resumes from 2 * eval_freq
-    monkeypatch.setattr(checkpoints, "save_checkpoint", save)
-    calls = []
-
-    def evaluate_failing_at_budget(model, *args):
-        if model.num_timesteps == budget:
-            raise KeyboardInterrupt("killed during an evaluation")
-        calls.append(model.num_timesteps)
-        return evaluate(model, *args)
-
-    monkeypatch.setattr(returns, "evaluate", evaluate_failing_at_budget)
-    with pytest.raises(KeyboardInterrupt):
-        returns.execute(run, work_dir)
-    assert calls == [2 * eval_freq]  # nothing before the checkpoint was trained or evaluated again
-    assert returns.resume_point(run, work_dir)[1][-1]["step"] == 2 * eval_freq
-    # 3. The resumed run ends exactly where the uninterrupted one did
-    monkeypatch.setattr(returns, "evaluate", evaluate)
-    resumed = returns.execute(run, work_dir)
-    assert [r["step"] for r in resumed] == [r["step"] for r in reference] == list(range(0, budget + 1, eval_freq))
-    assert [f"{r['eval_mean']:.3f}" for r in resumed] == [f"{r['eval_mean']:.3f}" for r in reference]
-    assert len({r["eval_mean"] for r in reference}) > 1  # the policy changed: training happened between evaluations
-    # A checkpoint of other settings is never resumed
-    assert returns.resume_point(dataclasses.replace(run, budget=2 * budget), work_dir) is None
-
-
-def test_a_checkpoint_that_cannot_be_loaded_means_starting_over(tmp_path, monkeypatch, capsys):
-    import sb3_ddpg_paper.checkpoints as checkpoints
-
-    run = returns.Run("paper", "Pendulum-v1", 0, 400, 200, n_eval_episodes=1)
-    evaluate = returns.evaluate
-
-    def evaluate_failing_at_budget(model, *args):
-        if model.num_timesteps == 400:
-            raise KeyboardInterrupt("killed during an evaluation")
-        return evaluate(model, *args)
-
-    monkeypatch.setattr(returns, "evaluate", evaluate_failing_at_budget)
-    with pytest.raises(KeyboardInterrupt):
-        returns.execute(run, tmp_path)
-    assert returns.resume_point(run, tmp_path) is not None
-    monkeypatch.setattr(returns, "evaluate", evaluate)
-    monkeypatch.setattr(checkpoints, "load_checkpoint", _raise_incompatible)
-    rows = returns.execute(run, tmp_path)
-    assert [r["step"] for r in rows] == [0, 200, 400]
-    err = capsys.readouterr().err
-    assert "cannot resume from" in err and "ValueError: written by an incompatible version); starting over" in err
-    # Runs flush denormals (and use one thread); an in-process caller gets its own floating-point mode back
-    assert not denormals_are_flushed()
-
-
-def _raise_incompatible(*args, **kwargs):
-    raise ValueError("written by an incompatible version")
