@@ -13,6 +13,7 @@ import torch as th
 from gymnasium import spaces
 from gymnasium.wrappers import TimeLimit
 from PIL import Image
+from init_stats import assert_uniform
 from torch import nn
 
 from sb3_ddpg_paper import CnnPolicy, PaperCNN, PaperDDPG, ddpg_conv2d_block
@@ -147,18 +148,28 @@ def test_the_action_enters_the_critic_at_the_first_fully_connected_layer():
 
 
 def test_final_layers_use_the_pixel_init_bound():
+    """Final-layer weights AND biases are drawn from U(-3e-4, 3e-4): the distribution is checked, not one draw."""
     th.manual_seed(0)
-    policy = make_policy()
-    assert policy.final_layer_init_bound == PIXEL_FINAL_LAYER_INIT_BOUND == 3e-4
-    actor_out, critic_out = policy.actor.mu[-2], policy.critic.q_networks[0].output_layer
-    for layer in (actor_out, critic_out):
-        for tensor in (layer.weight, layer.bias):
-            assert tensor.abs().max() <= 3e-4
-            assert tensor.abs().max() > 1e-4  # drawn from the interval, not zero
-    # Conv layers: U(+-1/sqrt(fan_in)), the paper's init for the other layers
-    first_conv = next(m for m in policy.actor.features_extractor.modules() if isinstance(m, nn.Conv2d))
-    bound = 1 / np.sqrt(9 * 3 * 3)
-    assert first_conv.weight.abs().max() <= bound and first_conv.weight.abs().max() > 0.9 * bound
+    policies = [make_policy() for _ in range(20)]  # 2 biases per policy: 40 draws of the bias distribution
+    assert all(p.final_layer_init_bound == PIXEL_FINAL_LAYER_INIT_BOUND == 3e-4 for p in policies)
+    final_layers = [layer for p in policies for layer in (p.actor.mu[-2], p.critic.q_networks[0].output_layer)]
+    assert all(layer.in_features == 200 and layer.out_features == 1 for layer in final_layers)
+    assert_uniform([layer.weight for layer in final_layers[:2]], 3e-4)  # one policy's 400 weights already
+    assert_uniform([layer.weight for layer in final_layers], 3e-4)
+    assert_uniform([layer.bias for layer in final_layers], 3e-4)
+    # Conv layers and the hidden fully connected layers: U(+-1/sqrt(fan_in)), the paper's init for the other layers
+    policy = policies[0]
+    for net in (policy.actor, policy.critic):
+        convs = [m for m in net.features_extractor.modules() if isinstance(m, nn.Conv2d)]
+        assert [tuple(c.weight.shape) for c in convs] == [(32, 9, 3, 3), (32, 32, 3, 3), (32, 32, 3, 3)]
+        for conv in convs:
+            assert conv.bias is None  # batch norm follows: its shift replaces the bias
+            assert_uniform(conv.weight, 1 / np.sqrt(conv.in_channels * 3 * 3))
+        hidden = [m for m in net.modules() if isinstance(m, nn.Linear)][:-1]
+        assert len(hidden) == 2
+        for layer in hidden:
+            tensors = [layer.weight] if layer.bias is None else [layer.weight, layer.bias]  # no bias before batch norm
+            assert_uniform(tensors, 1 / np.sqrt(layer.in_features))
 
 
 def test_conv_batch_norm_uses_batch_statistics_in_training_and_running_statistics_in_eval():
