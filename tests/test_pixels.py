@@ -267,14 +267,36 @@ def test_pixel_observation_validates_its_input():
         make_pixel_env("Pendulum-v1", render_mode="human")
 
 
-@pytest.mark.parametrize("env_id", ["Pendulum-v1", "InvertedPendulum-v5", "HalfCheetah-v5"])
+def test_every_low_dimensional_task_has_a_pixel_id():
+    assert set(PIXEL_ENV_IDS) == {
+        "Pendulum-v1",
+        "MountainCarContinuous-v0",
+        "InvertedPendulum-v5",
+        "InvertedDoublePendulum-v5",
+        "Reacher-v5",
+        "Hopper-v5",
+        "HalfCheetah-v5",
+        "Walker2d-v5",
+    }
+    assert all(pixel_id == f"sb3_ddpg_paper/Pixel{env_id}" for env_id, pixel_id in PIXEL_ENV_IDS.items())
+
+
+@pytest.mark.parametrize("env_id", sorted(PIXEL_ENV_IDS))
 def test_registered_pixel_envs_render_headless(env_id):
     env = gym.make(PIXEL_ENV_IDS[env_id], render_mode="rgb_array")  # as SB3 makes an env from an id
+    # The documented spaces: three 64x64 RGB renders, channels first; the task's own actions
+    assert env.observation_space == spaces.Box(0, 255, (9, 64, 64), np.uint8)
+    low_dim = gym.make(env_id)
+    assert env.action_space == low_dim.action_space
+    low_dim.close()
     obs, _ = env.reset(seed=0)
-    assert obs.shape == (9, 64, 64) and obs.dtype == np.uint8
+    assert env.observation_space.contains(obs)
+    np.testing.assert_array_equal(obs[:3], obs[6:])  # at reset the one render fills every slot
+    env.action_space.seed(0)
     for _ in range(3):
         obs, reward, terminated, _, info = env.step(env.action_space.sample())
-    assert isinstance(reward, float) and info["action_repeats"] in (1, 2, 3)
+        assert env.observation_space.contains(obs)
+        assert isinstance(reward, float) and info["action_repeats"] in (1, 2, 3)
     assert obs.std() > 0  # a real picture, not a blank render
     assert not np.array_equal(obs[:3], obs[6:]) or terminated  # the renders follow the simulation
     env.close()
