@@ -14,6 +14,17 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 if sys.platform.startswith("linux"):
     os.environ.setdefault("MUJOCO_GL", "egl")
 
+# Property-based tests draw the same examples on every run and machine, so a failure reproduces (and no example
+# database carries state from one run to the next). HYPOTHESIS_PROFILE=random explores new examples instead.
+try:
+    from hypothesis import settings
+except ImportError:  # hypothesis is a dev dependency; only tests/test_properties.py needs it
+    pass
+else:
+    settings.register_profile("derandomized", derandomize=True, database=None, print_blob=True)
+    settings.register_profile("random", derandomize=False, print_blob=True)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "derandomized"))
+
 # Tiny networks keep smoke tests fast; architecture tests build the paper's sizes explicitly.
 SMALL = dict(net_arch=[32, 32])
 

@@ -1,4 +1,5 @@
 import copy
+import io
 
 import gymnasium as gym
 import numpy as np
@@ -250,19 +251,45 @@ def test_n_step_targets_use_the_buffer_discounts():
     assert model._n_updates > 0
 
 
-def test_separate_target_update_intervals():
-    model = PaperDDPG("Pendulum-v1", policy_kwargs=SMALL, actor_target_update_interval=2, critic_target_update_interval=3)
+def _snapshot(module: th.nn.Module) -> dict[str, th.Tensor]:
+    return {key: value.clone() for key, value in module.state_dict().items()}
+
+
+def assert_target_step(target: th.nn.Module, online: th.nn.Module, before: dict[str, th.Tensor], tau: float | None):
+    """``tau=None``: the target is exactly as before; else theta' = tau theta + (1 - tau) theta', statistics copied."""
+    after, online_state = target.state_dict(), online.state_dict()
+    assert after.keys() == before.keys() == online_state.keys()
+    parameters = {name for name, _ in target.named_parameters()}
+    for key, value in after.items():
+        if tau is None:
+            assert th.equal(value, before[key]), key
+        elif key in parameters:
+            th.testing.assert_close(value, tau * online_state[key] + (1 - tau) * before[key], rtol=1e-5, atol=1e-7, msg=key)
+        else:  # batch-norm running statistics are copied
+            assert th.equal(value, online_state[key]), key
+    if tau is not None:  # the update really moved the target (the online network left it behind)
+        assert any(not th.equal(after[key], before[key]) for key in parameters)
+
+
+@pytest.mark.parametrize(
+    "kwargs, actor_every, critic_every",
+    [
+        (dict(target_update_interval=3), 3, 3),
+        (dict(actor_target_update_interval=2, critic_target_update_interval=3), 2, 3),
+        (dict(target_update_interval=4, critic_target_update_interval=1), 4, 1),  # a per-network interval wins
+    ],
+)
+def test_target_update_intervals(kwargs, actor_every, critic_every):
+    """Targets stay put between their updates and take exactly one soft step (tau = 0.1) at each multiple."""
+    model = PaperDDPG("Pendulum-v1", policy_kwargs=SMALL, tau=0.1, seed=0, **kwargs)
     model.replay_buffer.sample = lambda *args, **kwargs: fixed_batch()
     attach_logger(model)
-    actor_target = [p.clone() for p in model.actor_target.parameters()]
-    critic_target = [p.clone() for p in model.critic_target.parameters()]
-    model.train(gradient_steps=1, batch_size=16)
-    assert all(th.equal(a, b) for a, b in zip(actor_target, model.actor_target.parameters(), strict=False))
-    model.train(gradient_steps=1, batch_size=16)  # update 2: actor target moves, critic target not yet
-    assert not all(th.equal(a, b) for a, b in zip(actor_target, model.actor_target.parameters(), strict=False))
-    assert all(th.equal(a, b) for a, b in zip(critic_target, model.critic_target.parameters(), strict=False))
-    model.train(gradient_steps=1, batch_size=16)
-    assert not all(th.equal(a, b) for a, b in zip(critic_target, model.critic_target.parameters(), strict=False))
+    for update in range(1, 7):
+        actor_before, critic_before = _snapshot(model.actor_target), _snapshot(model.critic_target)
+        model.train(gradient_steps=1, batch_size=16)
+        assert model._n_updates == update
+        assert_target_step(model.actor_target, model.actor, actor_before, 0.1 if update % actor_every == 0 else None)
+        assert_target_step(model.critic_target, model.critic, critic_before, 0.1 if update % critic_every == 0 else None)
 
 
 def test_learning_rate_schedules_reach_their_optimizers():
@@ -387,6 +414,111 @@ def test_save_load_round_trip(tmp_path):
     assert loaded.actor_target.mu[0].training is not False  # targets keep their batch-statistics mode after load
 
 
+def assert_same_model(model: PaperDDPG, loaded: PaperDDPG) -> None:
+    """Same policy state, same optimizer states and hyperparameters, same actions."""
+    saved_state, loaded_state = model.policy.state_dict(), loaded.policy.state_dict()
+    assert list(saved_state) == list(loaded_state)
+    for key, value in saved_state.items():
+        assert th.equal(value, loaded_state[key]), key
+    for name in ("actor", "critic"):
+        saved, restored = getattr(model, name).optimizer.state_dict(), getattr(loaded, name).optimizer.state_dict()
+        assert saved["param_groups"] == restored["param_groups"]
+        assert saved["state"].keys() == restored["state"].keys() and saved["state"]
+        for index, state in saved["state"].items():
+            assert state.keys() == restored["state"][index].keys()
+            assert all(th.equal(value, restored["state"][index][key]) for key, value in state.items())
+    assert (loaded.num_timesteps, loaded.qf_learning_rate, loaded.batch_size) == (model.num_timesteps, 2e-3, 32)
+    obs = np.array([[0.3, 0.2, -1.0], [-0.5, 0.9, 2.0]], dtype=np.float32)
+    np.testing.assert_array_equal(model.predict(obs)[0], loaded.predict(obs)[0])
+
+
+def test_save_load_through_file_objects(tmp_path):
+    model = PaperDDPG("Pendulum-v1", policy_kwargs=SMALL, learning_starts=50, qf_learning_rate=2e-3, batch_size=32, seed=1)
+    model.learn(100)
+    buffer = io.BytesIO()
+    model.save(buffer)
+    assert buffer.tell() > 0
+    buffer.seek(0)
+    assert_same_model(model, PaperDDPG.load(buffer, env=model.get_env()))
+    # An open binary file works the same, and the bytes are those save(path) writes
+    with open(tmp_path / "model.zip", "wb") as file:
+        model.save(file)
+    with open(tmp_path / "model.zip", "rb") as file:
+        loaded = PaperDDPG.load(file)
+    assert_same_model(model, loaded)
+    loaded.set_env(model.get_env())
+    loaded.learn(20, reset_num_timesteps=False)  # and trains on
+    assert loaded._n_updates == model._n_updates + 20
+
+
+def _record_train_calls(model: PaperDDPG) -> list[tuple[int, int, bool]]:
+    """(num_timesteps, gradient_steps, whether every env's episode just ended) at each train() call."""
+    calls = []
+    train = model.train
+
+    def recording_train(gradient_steps, batch_size=64):
+        calls.append((model.num_timesteps, gradient_steps, bool(np.all(model._last_episode_starts))))
+        train(gradient_steps, batch_size)
+
+    model.train = recording_train  # type: ignore[method-assign]
+    return calls
+
+
+def test_gradient_steps_minus_one_does_one_update_per_env_step():
+    env = make_vec_env("Pendulum-v1", n_envs=2)
+    model = PaperDDPG(env=env, policy_kwargs=SMALL, learning_starts=20, train_freq=5, gradient_steps=-1, seed=0)
+    calls = _record_train_calls(model)
+    model.learn(120)
+    # Each rollout is 5 steps of 2 envs: 10 environment steps, then 10 updates (rollouts ending at 30, ..., 120)
+    assert [(steps, n) for steps, n, _ in calls] == [(t, 10) for t in range(30, 121, 10)]
+    assert model._n_updates == 100 == model.num_timesteps - model.learning_starts
+    # For comparison, the default gradient_steps=1: one update per rollout
+    model = PaperDDPG(env=env, policy_kwargs=SMALL, learning_starts=20, train_freq=5, seed=0)
+    model.learn(120)
+    assert model._n_updates == 10
+
+
+@pytest.mark.parametrize("gradient_steps, updates_per_call", [(1, 1), (-1, 50)])
+def test_train_freq_in_episodes_trains_only_at_episode_ends(gradient_steps, updates_per_call):
+    env = make_vec_env("Pendulum-v1", n_envs=1, env_kwargs=dict(max_episode_steps=25))
+    model = PaperDDPG(
+        env=env, policy_kwargs=SMALL, learning_starts=30, train_freq=(2, "episode"), gradient_steps=gradient_steps, seed=0
+    )
+    calls = _record_train_calls(model)
+    model.learn(200)
+    # Every second episode end (50, 100, 150, 200 steps); never in between, even after learning_starts (30)
+    assert calls == [(t, updates_per_call, True) for t in (50, 100, 150, 200)]
+    assert model._n_updates == 4 * updates_per_call
+
+
+def test_optimize_memory_usage_trains_as_the_full_buffer_does():
+    """The memory-efficient buffer stores s' only as the next slot's s: training on it is unchanged (no episode end)."""
+    models = []
+    for optimize_memory_usage in (True, False):
+        model = PaperDDPG(
+            "Pendulum-v1",
+            policy_kwargs=SMALL,
+            buffer_size=1000,
+            learning_starts=50,
+            optimize_memory_usage=optimize_memory_usage,
+            replay_buffer_kwargs=dict(handle_timeout_termination=False),  # SB3 requires it with optimize_memory_usage
+            seed=0,
+        )
+        model.learn(150)  # within the first 200-step episode: no reset observation overwrites a next state
+        models.append(model)
+    efficient, full = models
+    assert efficient.replay_buffer.optimize_memory_usage and not hasattr(efficient.replay_buffer, "next_observations")
+    assert efficient._n_updates == full._n_updates == 100
+    assert_same_model_parameters(efficient, full)
+
+
+def assert_same_model_parameters(a: PaperDDPG, b: PaperDDPG) -> None:
+    state_a, state_b = a.policy.state_dict(), b.policy.state_dict()
+    assert list(state_a) == list(state_b)
+    for key, value in state_a.items():
+        assert th.equal(value, state_b[key]), key
+
+
 def test_get_set_parameters():
     source = PaperDDPG("Pendulum-v1", policy_kwargs=SMALL, learning_starts=20, seed=0)
     source.learn(60)
@@ -430,7 +562,7 @@ def test_callbacks(tmp_path):
     assert loaded.replay_buffer.size() == 199  # SB3 calls callbacks before storing the step's transition
 
 
-def test_her_with_multi_input_policy():
+def test_her_trains_on_relabelled_goals():
     env = BitFlippingEnv(n_bits=4, continuous=True, max_steps=4)
     model = PaperDDPG(
         "MultiInputPolicy",
@@ -440,15 +572,67 @@ def test_her_with_multi_input_policy():
         policy_kwargs=SMALL,
         learning_starts=40,
         buffer_size=1000,
+        batch_size=30,
+        seed=0,
     )
+    assert isinstance(model.replay_buffer, HerReplayBuffer)
+    batches = []
+    sample = model.replay_buffer.sample
+
+    def recording_sample(*args, **kwargs):
+        batches.append(sample(*args, **kwargs))
+        return batches[-1]
+
+    model.replay_buffer.sample = recording_sample
     model.learn(120)
-    assert isinstance(model.replay_buffer, HerReplayBuffer) and model._n_updates > 0
+    assert model._n_updates == len(batches) == 80  # every update trained on a HER batch
+    desired = th.cat([b.observations["desired_goal"] for b in batches]).view(80, 30, 4)
+    next_desired = th.cat([b.next_observations["desired_goal"] for b in batches]).view(80, 30, 4)
+    next_achieved = th.cat([b.next_observations["achieved_goal"] for b in batches]).view(80, 30, 4)
+    rewards = th.cat([b.rewards for b in batches]).view(80, 30)
+    # BitFlippingEnv's real goal is always all ones. n_sampled_goal=2: 2/3 of every batch (the last 20 of 30) are
+    # virtual transitions whose goal is a later achieved goal of their episode, which is rarely all ones
+    real, virtual = desired[:, :10], desired[:, 10:]
+    assert th.all(real == 1)
+    relabelled = (virtual != 1).any(dim=-1)
+    assert relabelled.float().mean() > 0.5
+    assert th.equal(next_desired, desired)  # s and s' of a transition share its (new) goal
+    # The rewards were recomputed for the goals the batch carries: 0 when the next state reaches the goal, else -1
+    assert th.equal(rewards, -(next_achieved != desired).any(dim=-1).float())
+    assert (rewards[:, 10:][relabelled] == 0).any()  # relabelled successes: what HER adds to the data
 
 
-def test_tensorboard_and_progress_bar(tmp_path):
-    model = PaperDDPG("Pendulum-v1", policy_kwargs=SMALL, learning_starts=50, tensorboard_log=str(tmp_path))
+def test_tensorboard_logs_the_training_scalars(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    env = make_vec_env("Pendulum-v1", n_envs=1, env_kwargs=dict(max_episode_steps=50))
+    model = PaperDDPG(env=env, policy_kwargs=SMALL, learning_starts=50, tensorboard_log=str(tmp_path), seed=0)
+    model.learn(220, log_interval=1)  # the logs are written at every episode end: steps 50, 100, 150, 200
+    (event_file,) = (tmp_path / "PaperDDPG_1").glob("events.out.tfevents.*")
+    events = EventAccumulator(str(event_file))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert "train/n_updates" not in tags  # excluded from tensorboard, as SB3 does
+    for key in ("train/actor_loss", "train/critic_loss", "train/q_mean", "train/learning_rate", "train/qf_learning_rate"):
+        scalars = events.Scalars(key)
+        assert [s.step for s in scalars] == [100, 150, 200], key  # no training before learning_starts
+        assert all(np.isfinite(s.value) for s in scalars), key
+    assert [s.value for s in events.Scalars("train/learning_rate")] == [pytest.approx(1e-4)] * 3
+    assert [s.value for s in events.Scalars("train/qf_learning_rate")] == [pytest.approx(1e-3)] * 3
+    assert [s.step for s in events.Scalars("rollout/exploration_epsilon")] == [50, 100, 150, 200]
+    assert [s.step for s in events.Scalars("rollout/ep_rew_mean")] == [50, 100, 150, 200]
+
+
+def test_progress_bar_advances_to_the_total(capsys):
+    pytest.importorskip("tqdm")
+    pytest.importorskip("rich")
+    model = PaperDDPG("Pendulum-v1", policy_kwargs=SMALL, learning_starts=50)
     model.learn(220, progress_bar=True)
-    assert list((tmp_path / "PaperDDPG_1").glob("events.out.tfevents.*"))
+    output = capsys.readouterr().out
+    assert "220/220" in output and "100%" in output
+    model.learn(30, progress_bar=True, reset_num_timesteps=False)  # the steps of this call only
+    output = capsys.readouterr().out
+    assert "30/30" in output and "220/" not in output
 
 
 def test_seed_determinism():

@@ -19,6 +19,8 @@ from sb3_ddpg_paper import CnnPolicy, PaperCNN, PaperDDPG, ddpg_conv2d_block
 from sb3_ddpg_paper.envs import PIXEL_ENV_IDS, PixelObservation, make_pixel_env
 from sb3_ddpg_paper.torch_layers import PIXEL_FINAL_LAYER_INIT_BOUND, batch_norm_modules
 
+from init_stats import assert_uniform
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PIXEL_PENDULUM = "sb3_ddpg_paper/PixelPendulum-v1"
 OBS_SPACE = spaces.Box(0, 255, (9, 64, 64), np.uint8)
@@ -147,18 +149,28 @@ def test_the_action_enters_the_critic_at_the_first_fully_connected_layer():
 
 
 def test_final_layers_use_the_pixel_init_bound():
+    """Final-layer weights AND biases are drawn from U(-3e-4, 3e-4): the distribution is checked, not one draw."""
     th.manual_seed(0)
-    policy = make_policy()
-    assert policy.final_layer_init_bound == PIXEL_FINAL_LAYER_INIT_BOUND == 3e-4
-    actor_out, critic_out = policy.actor.mu[-2], policy.critic.q_networks[0].output_layer
-    for layer in (actor_out, critic_out):
-        for tensor in (layer.weight, layer.bias):
-            assert tensor.abs().max() <= 3e-4
-            assert tensor.abs().max() > 1e-4  # drawn from the interval, not zero
-    # Conv layers: U(+-1/sqrt(fan_in)), the paper's init for the other layers
-    first_conv = next(m for m in policy.actor.features_extractor.modules() if isinstance(m, nn.Conv2d))
-    bound = 1 / np.sqrt(9 * 3 * 3)
-    assert first_conv.weight.abs().max() <= bound and first_conv.weight.abs().max() > 0.9 * bound
+    policies = [make_policy() for _ in range(20)]  # 2 biases per policy: 40 draws of the bias distribution
+    assert all(p.final_layer_init_bound == PIXEL_FINAL_LAYER_INIT_BOUND == 3e-4 for p in policies)
+    final_layers = [layer for p in policies for layer in (p.actor.mu[-2], p.critic.q_networks[0].output_layer)]
+    assert all(layer.in_features == 200 and layer.out_features == 1 for layer in final_layers)
+    assert_uniform([layer.weight for layer in final_layers[:2]], 3e-4)  # one policy's 400 weights already
+    assert_uniform([layer.weight for layer in final_layers], 3e-4)
+    assert_uniform([layer.bias for layer in final_layers], 3e-4)
+    # Conv layers and the hidden fully connected layers: U(+-1/sqrt(fan_in)), the paper's init for the other layers
+    policy = policies[0]
+    for net in (policy.actor, policy.critic):
+        convs = [m for m in net.features_extractor.modules() if isinstance(m, nn.Conv2d)]
+        assert [tuple(c.weight.shape) for c in convs] == [(32, 9, 3, 3), (32, 32, 3, 3), (32, 32, 3, 3)]
+        for conv in convs:
+            assert conv.bias is None  # batch norm follows: its shift replaces the bias
+            assert_uniform(conv.weight, 1 / np.sqrt(conv.in_channels * 3 * 3))
+        hidden = [m for m in net.modules() if isinstance(m, nn.Linear)][:-1]
+        assert len(hidden) == 2
+        for layer in hidden:
+            tensors = [layer.weight] if layer.bias is None else [layer.weight, layer.bias]  # no bias before batch norm
+            assert_uniform(tensors, 1 / np.sqrt(layer.in_features))
 
 
 def test_conv_batch_norm_uses_batch_statistics_in_training_and_running_statistics_in_eval():
@@ -255,14 +267,36 @@ def test_pixel_observation_validates_its_input():
         make_pixel_env("Pendulum-v1", render_mode="human")
 
 
-@pytest.mark.parametrize("env_id", ["Pendulum-v1", "InvertedPendulum-v5", "HalfCheetah-v5"])
+def test_every_low_dimensional_task_has_a_pixel_id():
+    assert set(PIXEL_ENV_IDS) == {
+        "Pendulum-v1",
+        "MountainCarContinuous-v0",
+        "InvertedPendulum-v5",
+        "InvertedDoublePendulum-v5",
+        "Reacher-v5",
+        "Hopper-v5",
+        "HalfCheetah-v5",
+        "Walker2d-v5",
+    }
+    assert all(pixel_id == f"sb3_ddpg_paper/Pixel{env_id}" for env_id, pixel_id in PIXEL_ENV_IDS.items())
+
+
+@pytest.mark.parametrize("env_id", sorted(PIXEL_ENV_IDS))
 def test_registered_pixel_envs_render_headless(env_id):
     env = gym.make(PIXEL_ENV_IDS[env_id], render_mode="rgb_array")  # as SB3 makes an env from an id
+    # The documented spaces: three 64x64 RGB renders, channels first; the task's own actions
+    assert env.observation_space == spaces.Box(0, 255, (9, 64, 64), np.uint8)
+    low_dim = gym.make(env_id)
+    assert env.action_space == low_dim.action_space
+    low_dim.close()
     obs, _ = env.reset(seed=0)
-    assert obs.shape == (9, 64, 64) and obs.dtype == np.uint8
+    assert env.observation_space.contains(obs)
+    np.testing.assert_array_equal(obs[:3], obs[6:])  # at reset the one render fills every slot
+    env.action_space.seed(0)
     for _ in range(3):
         obs, reward, terminated, _, info = env.step(env.action_space.sample())
-    assert isinstance(reward, float) and info["action_repeats"] in (1, 2, 3)
+        assert env.observation_space.contains(obs)
+        assert isinstance(reward, float) and info["action_repeats"] in (1, 2, 3)
     assert obs.std() > 0  # a real picture, not a blank render
     assert not np.array_equal(obs[:3], obs[6:]) or terminated  # the renders follow the simulation
     env.close()

@@ -7,8 +7,19 @@ import torch as th
 from stable_baselines3 import DDPG, TD3
 from torch import nn
 
-from sb3_ddpg_paper import PaperDDPG, PaperDDPGPolicy
+import sb3_ddpg_paper
+from sb3_ddpg_paper import (
+    CnnPolicy,
+    PaperDDPG,
+    PaperDDPGPolicy,
+    init_fan_in_uniform,
+    init_kaiming_normal,
+    init_uniform,
+    init_xavier_uniform,
+)
 from sb3_ddpg_paper.torch_layers import QNetwork, get_weight_init
+
+from init_stats import assert_normal, assert_uniform
 
 
 def make_policy(**kwargs) -> PaperDDPGPolicy:
@@ -67,30 +78,112 @@ def test_batch_norm_can_be_switched_off():
     assert all(m.bias is not None for m in linears(policy))
 
 
-def test_paper_initialisation_bounds():
+def test_paper_initialisation_distributions():
+    """Lillicrap et al. 2016, sec. 7: final layers U(+-3e-3), the others U(+-1/sqrt(fan_in)): drawn, not just bounded."""
+    th.manual_seed(0)
     policy = make_policy(batch_norm=False)
     for net in (policy.actor, policy.critic):
         *hidden, final = linears(net)
-        # final layer weights AND biases from U(-3e-3, 3e-3) (Lillicrap et al. 2016, sec. 7)
-        for tensor in (final.weight, final.bias):
-            assert tensor.abs().max() <= 3e-3
-        assert final.weight.abs().max() > 2e-3  # really drawn from the interval, not zeros
+        assert final.in_features == 300
+        assert_uniform([final.weight, final.bias], 3e-3)  # weights AND biases
         for layer in hidden:
-            bound = 1 / math.sqrt(layer.in_features)
-            for tensor in (layer.weight, layer.bias):
-                assert tensor.abs().max() <= bound
-            assert layer.weight.abs().max() > 0.9 * bound
+            assert_uniform([layer.weight, layer.bias], 1 / math.sqrt(layer.in_features))
+    # The targets start as exact copies
+    for online, target in ((policy.actor, policy.actor_target), (policy.critic, policy.critic_target)):
+        assert online.state_dict().keys() == target.state_dict().keys()
+        assert all(th.equal(value, target.state_dict()[key]) for key, value in online.state_dict().items())
 
 
-def test_final_layer_bound_and_weight_init_are_configurable():
-    policy = make_policy(final_layer_init_bound=1e-5, weight_init="xavier_uniform", batch_norm=False)
-    assert linears(policy.actor)[-1].weight.abs().max() <= 1e-5
-    first = linears(policy.actor)[0]
-    assert th.all(first.bias == 0.01)  # xavier_uniform helper sets a constant bias
-    policy = make_policy(weight_init="kaiming_normal", batch_norm=False)
-    assert th.all(linears(policy.critic)[0].bias == 0.01)
+@pytest.mark.parametrize("weight_init", ["xavier_uniform", "kaiming_normal"])
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_named_weight_inits_draw_the_hidden_layers_from_their_distributions(weight_init, batch_norm):
+    th.manual_seed(0)
+    policy = make_policy(final_layer_init_bound=1e-5, weight_init=weight_init, batch_norm=batch_norm)
+    for net in (policy.actor, policy.critic):
+        *hidden, final = linears(net)
+        for layer in hidden:
+            fan_out, fan_in = layer.weight.shape
+            if weight_init == "xavier_uniform":  # Glorot: U(+-sqrt(6 / (fan_in + fan_out)))
+                assert_uniform(layer.weight, math.sqrt(6 / (fan_in + fan_out)))
+            else:  # He, fan-in mode, ReLU gain: N(0, 2 / fan_in)
+                assert_normal(layer.weight, math.sqrt(2 / fan_in))
+            if layer.bias is None:  # a Linear layer followed by batch norm has none
+                assert batch_norm
+            else:
+                assert th.all(layer.bias == 0.01)
+        assert_uniform([final.weight, final.bias], 1e-5)  # the final layer keeps U(+-final_layer_init_bound)
+        for bn in (m for m in net.modules() if isinstance(m, nn.BatchNorm1d)):  # batch norm is left alone
+            assert th.all(bn.weight == 1) and th.all(bn.bias == 0)
     with pytest.raises(ValueError, match="Unknown weight_init 'orthogonal'"):
         get_weight_init("orthogonal")
+
+
+def test_public_init_functions_initialise_every_linear_and_conv_layer():
+    assert {"init_fan_in_uniform", "init_kaiming_normal", "init_uniform", "init_xavier_uniform"} <= set(sb3_ddpg_paper.__all__)
+    module = nn.Sequential(
+        nn.Conv2d(4, 16, 3), nn.BatchNorm2d(16), nn.Flatten(), nn.Linear(64, 48), nn.Linear(48, 32, bias=False)
+    )
+    conv, bn, _, linear, no_bias = module
+    weighted = (conv, linear, no_bias)
+    fans = [(16 * 9, 4 * 9), (48, 64), (32, 48)]  # (fan_out, fan_in), a kernel's 3x3 entries counted
+    th.manual_seed(0)
+
+    init_fan_in_uniform(module)
+    for layer, (_, fan_in) in zip(weighted, fans, strict=True):
+        assert_uniform([t for t in (layer.weight, layer.bias) if t is not None], 1 / math.sqrt(fan_in))
+    init_xavier_uniform(module, bias=0.5)
+    for layer, (fan_out, fan_in) in zip(weighted, fans, strict=True):
+        assert_uniform(layer.weight, math.sqrt(6 / (fan_in + fan_out)))
+    assert th.all(conv.bias == 0.5) and th.all(linear.bias == 0.5)
+    init_kaiming_normal(module, bias=-0.1)
+    for layer, (_, fan_in) in zip(weighted, fans, strict=True):
+        assert_normal(layer.weight, math.sqrt(2 / fan_in))
+    assert th.all(conv.bias == -0.1) and th.all(linear.bias == -0.1)
+    init_uniform(module, 0.25)
+    for layer in weighted:
+        assert_uniform([t for t in (layer.weight, layer.bias) if t is not None], 0.25)
+    assert no_bias.bias is None and th.all(bn.weight == 1) and th.all(bn.bias == 0)  # nothing else touched
+
+
+def orthogonal_init(module: nn.Module) -> None:
+    """A user's init (module level, so that a saved policy can pickle it): orthogonal weights, biases 0.25."""
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear | nn.Conv2d):
+            nn.init.orthogonal_(layer.weight)
+            if layer.bias is not None:
+                nn.init.constant_(layer.bias, 0.25)
+
+
+def assert_orthogonal(weight: th.Tensor) -> None:
+    matrix = weight.detach().flatten(1)
+    gram = matrix @ matrix.T if matrix.shape[0] <= matrix.shape[1] else matrix.T @ matrix
+    th.testing.assert_close(gram, th.eye(len(gram)), atol=1e-4, rtol=0)
+
+
+def test_weight_init_callable_is_applied_to_the_hidden_layers(tmp_path):
+    th.manual_seed(0)
+    model = PaperDDPG("Pendulum-v1", policy_kwargs=dict(weight_init=orthogonal_init, batch_norm=False), seed=0)
+    for net in (model.actor, model.critic, model.actor_target, model.critic_target):
+        *hidden, final = linears(net)
+        assert len(hidden) == 2
+        for layer in hidden:
+            assert_orthogonal(layer.weight)
+            assert th.all(layer.bias == 0.25)
+        assert_uniform([final.weight, final.bias], 3e-3)  # the paper's final-layer init still applies
+    # Saved with the model and the policy: a reload builds the same networks with the same init
+    model.save(tmp_path / "model.zip")
+    loaded = PaperDDPG.load(tmp_path / "model.zip")
+    assert loaded.policy.weight_init is orthogonal_init
+    model.policy.save(tmp_path / "policy.pth")
+    assert PaperDDPGPolicy.load(tmp_path / "policy.pth").actor.weight_init is orthogonal_init
+    # The pixel network's conv tower gets it too (CnnPolicy passes the policy's weight_init on)
+    image_space = gym.spaces.Box(0, 255, (9, 64, 64), np.uint8)
+    cnn = CnnPolicy(image_space, model.action_space, lambda _: 1e-4, weight_init=orthogonal_init, batch_norm=False)
+    convs = [m for m in cnn.actor.features_extractor.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 3
+    for layer in [*convs, *linears(cnn.critic)[:-1]]:
+        assert_orthogonal(layer.weight)
+        assert th.all(layer.bias == 0.25)
 
 
 def test_net_arch_dict():
@@ -179,9 +272,10 @@ def test_policy_save_load_with_non_default_kwargs(tmp_path):
     assert params["critic_weight_decay"] == 1e-2
     obs = np.array([[0.1, -0.2, 0.3]], dtype=np.float32)
     np.testing.assert_array_equal(model.policy.predict(obs)[0], loaded.predict(obs)[0])
-    for (k1, v1), (k2, v2) in zip(model.policy.state_dict().items(), loaded.state_dict().items(), strict=False):
-        assert k1 == k2
-        th.testing.assert_close(v1, v2)
+    saved_state, loaded_state = model.policy.state_dict(), loaded.state_dict()
+    assert list(saved_state) == list(loaded_state)
+    for key, value in saved_state.items():
+        assert th.equal(value, loaded_state[key]), key
 
 
 @pytest.mark.parametrize("algo", [DDPG, TD3])
@@ -195,7 +289,9 @@ def test_sb3_algorithms_can_train_with_this_policy(algo):
         batch_size=16,
         seed=0,
     )
-    before = [p.clone() for p in model.actor.parameters()]
+    before = {name: p.clone() for name, p in model.actor.named_parameters()}
     model.learn(120)
     assert model.critic.n_critics == n_critics
-    assert any(not th.equal(a, b) for a, b in zip(before, model.actor.parameters(), strict=False))
+    after = dict(model.actor.named_parameters())
+    assert after.keys() == before.keys()
+    assert any(not th.equal(before[name], after[name]) for name in before)

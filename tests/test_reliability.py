@@ -380,6 +380,9 @@ def test_sigkill_at_random_moments_then_resume(tmp_path, reference):
             child.join(60)
         finally:
             os.close(read_fd)
+            if child.is_alive():  # an assertion failed before the kill: never leave the child training on
+                child.kill()
+                child.join(60)
         assert child.exitcode == -signal.SIGKILL
         _assert_directory_consistent(directory)
         # Every kill leaves a resumable directory whose newest checkpoint is self-consistent
