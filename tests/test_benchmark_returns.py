@@ -138,12 +138,17 @@ def test_an_interrupted_matrix_resumes_without_redoing_finished_runs(tmp_path, c
         # Stopped (Ctrl-C) once a run is in the CSV and the next one has a checkpoint
         with open(tmp_path / "first.log", "w") as log:
             proc = subprocess.Popen(cli, stdout=log, stderr=subprocess.STDOUT, text=True)
-            deadline = time.monotonic() + 240
-            while not _one_done_one_checkpointed(tmp_path) and time.monotonic() < deadline:
-                assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-                time.sleep(0.1)
-            proc.send_signal(signal.SIGINT)
-            assert proc.wait(timeout=120) == 1, (tmp_path / "first.log").read_text()[-3000:]
+            try:
+                deadline = time.monotonic() + 240
+                while not _one_done_one_checkpointed(tmp_path) and time.monotonic() < deadline:
+                    assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+                    time.sleep(0.1)
+                proc.send_signal(signal.SIGINT)
+                assert proc.wait(timeout=120) == 1, (tmp_path / "first.log").read_text()[-3000:]
+            finally:  # never leave the driver running after a failed assertion
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
         first = returns.read_rows(csv_path)
         done_before = returns.completed(first)
         assert 1 <= len(done_before) < 3
