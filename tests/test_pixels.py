@@ -12,14 +12,13 @@ import pytest
 import torch as th
 from gymnasium import spaces
 from gymnasium.wrappers import TimeLimit
+from init_stats import assert_uniform
 from PIL import Image
 from torch import nn
 
 from sb3_ddpg_paper import CnnPolicy, PaperCNN, PaperDDPG, ddpg_conv2d_block
 from sb3_ddpg_paper.envs import PIXEL_ENV_IDS, PixelObservation, make_pixel_env
 from sb3_ddpg_paper.torch_layers import PIXEL_FINAL_LAYER_INIT_BOUND, batch_norm_modules
-
-from init_stats import assert_uniform
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PIXEL_PENDULUM = "sb3_ddpg_paper/PixelPendulum-v1"

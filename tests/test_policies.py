@@ -4,6 +4,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
+from init_stats import assert_normal, assert_uniform
 from stable_baselines3 import DDPG, TD3
 from torch import nn
 
@@ -18,8 +19,6 @@ from sb3_ddpg_paper import (
     init_xavier_uniform,
 )
 from sb3_ddpg_paper.torch_layers import QNetwork, get_weight_init
-
-from init_stats import assert_normal, assert_uniform
 
 
 def make_policy(**kwargs) -> PaperDDPGPolicy:
