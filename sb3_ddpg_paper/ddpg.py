@@ -37,7 +37,7 @@ from sb3_ddpg_paper.fast_paths import (
     sample_fast,
 )
 from sb3_ddpg_paper.mlp_update import MLPUpdate
-from sb3_ddpg_paper.noise import OrnsteinUhlenbeckNoise
+from sb3_ddpg_paper.noise import OrnsteinUhlenbeckNoise, make_ou_noise
 from sb3_ddpg_paper.policies import Actor, CnnPolicy, Critic, MlpPolicy, MultiInputPolicy, PaperDDPGPolicy
 from sb3_ddpg_paper.torch_layers import batch_norm_modules, frozen_running_statistics
 from sb3_ddpg_paper.validation import (
@@ -46,7 +46,6 @@ from sb3_ddpg_paper.validation import (
     check_hyperparameters,
     check_observation_space,
     check_replay_buffer_fits,
-    make_ou_noise,
     non_finite_entries,
     python_scalar,
     raise_if_non_finite,

@@ -1,9 +1,12 @@
 """Ornstein-Uhlenbeck exploration with epsilon decay, as an SB3 ``ActionNoise`` (Lillicrap et al. 2016, sec. 3 and 7)."""
 
+import inspect
 from collections.abc import Iterable
 from numbers import Integral
+from typing import Any
 
 import numpy as np
+from gymnasium import spaces
 from numpy.typing import DTypeLike
 from stable_baselines3.common.noise import ActionNoise
 
@@ -177,3 +180,31 @@ class OrnsteinUhlenbeckNoise(ActionNoise):
             f"epsilon={self.epsilon:.4g} [{self.max_epsilon} -> {self.min_epsilon} over {self.epsilon_decay_steps} steps], "
             f"n_envs={self.n_envs})"
         )
+
+
+# Arguments of OrnsteinUhlenbeckNoise that the algorithm sets (from the action space, its environments and its seed);
+# the others are the settings a user or a hyperparameter file chooses (``action_noise_kwargs``)
+SET_BY_ALGORITHM = ("action_dim", "n_envs", "seed")
+SETTINGS = tuple(name for name in inspect.signature(OrnsteinUhlenbeckNoise).parameters if name not in SET_BY_ALGORITHM)
+
+
+def check_settings(settings: dict[str, Any] | None) -> None:
+    """Refuse unknown ``action_noise_kwargs`` keys (their values are checked when the noise is built)."""
+    unknown = sorted(set(settings or {}) - set(SETTINGS))
+    if unknown:
+        raise ValueError(f"Unknown action_noise_kwargs {unknown}: accepted are {sorted(SETTINGS)}.")
+
+
+def make_ou_noise(
+    action_space: spaces.Space, n_envs: int, seed: int | None, settings: dict[str, Any] | None
+) -> OrnsteinUhlenbeckNoise:
+    """
+    The paper's exploration noise for an action space (Lillicrap et al. 2016, sec. 7: Ornstein-Uhlenbeck, theta 0.15,
+    sigma 0.2 unless ``settings`` say otherwise), one process per environment. Used by ``PaperDDPG`` and the zoo.
+    """
+    check_settings(settings)
+    assert action_space.shape is not None  # a Box (PaperDDPG checks the action space first)
+    try:
+        return OrnsteinUhlenbeckNoise(action_space.shape, n_envs=n_envs, seed=seed, **(settings or {}))
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"Invalid action_noise_kwargs {settings!r}: {error}") from error

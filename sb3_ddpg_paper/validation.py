@@ -5,7 +5,6 @@ Every check raises before anything is allocated or damaged, with a message that 
 accepted (docs/reliability.md).
 """
 
-import inspect
 from numbers import Integral, Real
 from typing import Any
 
@@ -13,11 +12,9 @@ import numpy as np
 from gymnasium import spaces
 from stable_baselines3.common.noise import ActionNoise
 
-from sb3_ddpg_paper.noise import OrnsteinUhlenbeckNoise
+from sb3_ddpg_paper.noise import check_settings as check_noise_settings
 
 OU_NOISE = "ornstein-uhlenbeck"
-# OrnsteinUhlenbeckNoise arguments that PaperDDPG sets itself (from the action space, the env count and its seed)
-_OU_SET_BY_ALGORITHM = {"action_dim", "n_envs", "seed"}
 
 
 class SpaceError(ValueError, AssertionError):
@@ -112,19 +109,7 @@ def check_action_noise(noise: Any, noise_kwargs: dict[str, Any] | None) -> None:
         return
     if noise != OU_NOISE:
         raise ValueError(f"action_noise_kwargs is only used with action_noise={OU_NOISE!r}, got action_noise={noise!r}.")
-    accepted = set(inspect.signature(OrnsteinUhlenbeckNoise).parameters) - _OU_SET_BY_ALGORITHM
-    unknown = sorted(set(noise_kwargs) - accepted)
-    if unknown:
-        raise ValueError(f"Unknown action_noise_kwargs {unknown}: accepted are {sorted(accepted)}.")
-
-
-def make_ou_noise(action_space: spaces.Space, n_envs: int, seed: int | None, noise_kwargs: dict[str, Any] | None) -> Any:
-    """The paper's exploration noise for ``action_space`` (checked keys; values checked by the noise itself)."""
-    try:
-        assert action_space.shape is not None  # a Box (check_action_space)
-        return OrnsteinUhlenbeckNoise(action_space.shape, n_envs=n_envs, seed=seed, **(noise_kwargs or {}))
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"Invalid action_noise_kwargs {noise_kwargs!r}: {error}") from error
+    check_noise_settings(noise_kwargs)
 
 
 # ------------------------------------------------------------------------------------------------ spaces

@@ -15,11 +15,10 @@ from rl_zoo3.exp_manager import ExperimentManager
 from rl_zoo3.hyperparams_opt import HYPERPARAMS_SAMPLER
 from rl_zoo3.utils import ALGOS, SimpleLinearSchedule
 from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.preprocessing import get_action_dim
 from stable_baselines3.common.vec_env import VecEnv
 
 from sb3_ddpg_paper.ddpg import OU_NOISE, PaperDDPG
-from sb3_ddpg_paper.noise import OrnsteinUhlenbeckNoise
+from sb3_ddpg_paper.noise import SETTINGS, OrnsteinUhlenbeckNoise, make_ou_noise
 from sb3_ddpg_paper.zoo.safe_config import sanitize_hyperparams
 from sb3_ddpg_paper.zoo.tuning import convert_paper_ddpg_params, sample_paper_ddpg_params
 
@@ -27,9 +26,7 @@ ALGO_NAME = "paper_ddpg"
 #: The hyperparameter file used for ``--algo paper_ddpg`` when no ``-conf`` is given.
 DEFAULT_HYPERPARAMS = Path(__file__).parent / "hyperparams" / f"{ALGO_NAME}.yml"
 # Arguments of OrnsteinUhlenbeckNoise a hyperparameter file may set (the others come from the algorithm)
-NOISE_KEYS = tuple(
-    p for p in inspect.signature(OrnsteinUhlenbeckNoise).parameters if p not in ("action_dim", "n_envs", "seed")
-)
+NOISE_KEYS = SETTINGS
 
 
 def is_paper_ddpg(algo: str) -> bool:
@@ -170,7 +167,7 @@ class PaperExperimentManager(ExperimentManager):
             )
         if wants_paper_noise:
             saved_noise = model.action_noise
-            noise = OrnsteinUhlenbeckNoise(get_action_dim(model.action_space), seed=model.seed, **(noise_kwargs or {}))
+            noise = make_ou_noise(model.action_space, model.n_envs, model.seed, noise_kwargs)
             if isinstance(saved_noise, OrnsteinUhlenbeckNoise):
                 noise.num_steps = saved_noise.num_steps
             model.action_noise = noise
