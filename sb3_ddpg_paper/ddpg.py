@@ -232,7 +232,7 @@ class PaperDDPG(OffPolicyAlgorithm):
             gamma,
             train_freq,
             gradient_steps,
-            action_noise=None,  # built in _setup_model, once the action space is known
+            action_noise=None,  # set below: built above, or in _setup_model when constructed without an environment
             replay_buffer_class=replay_buffer_class,
             replay_buffer_kwargs=replay_buffer_kwargs,
             optimize_memory_usage=optimize_memory_usage,
