@@ -186,7 +186,8 @@ def make_model(config: Config, env: Any, seed: int) -> Any:
     if config.algo == "paper":
         from sb3_ddpg_paper import PaperDDPG
 
-        return PaperDDPG("MlpPolicy", env, seed=seed, policy_kwargs=dict(config.policy_kwargs) or None, **config.kwargs)
+        # The policy from the observation space: MlpPolicy for states, the paper's CnnPolicy for pixels
+        return PaperDDPG(env=env, seed=seed, policy_kwargs=dict(config.policy_kwargs) or None, **config.kwargs)
     from stable_baselines3 import DDPG, TD3
     from stable_baselines3.common.noise import NormalActionNoise
 
@@ -323,10 +324,15 @@ def _train(run: Run, work_dir: Path, rows: list[dict[str, Any]]) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- the matrix on Ray
+def file_name(env_id: str) -> str:
+    """An env id as a file name (``sb3_ddpg_paper/PixelPendulum-v1`` -> ``sb3_ddpg_paper-PixelPendulum-v1``)."""
+    return env_id.replace("/", "-")
+
+
 def _trial_name(trial: Any) -> str:
     """A trial's name and directory: its run's key."""
     run = trial.config["run"]
-    return f"{run['config']}_{run['env']}_{run['seed']}"
+    return f"{run['config']}_{file_name(run['env'])}_{run['seed']}"
 
 
 def experiment_name(runs: Sequence[Run], csv_path: Path) -> str:
@@ -574,7 +580,7 @@ def write_report(csv_path: Path, out_dir: Path, at_steps: Sequence[int] | None =
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
         fig.tight_layout()
-        png = out_dir / f"curve-{env}.png"
+        png = out_dir / f"curve-{file_name(env)}.png"
         fig.savefig(png, dpi=90)
         plt.close(fig)
         written.append(png)
@@ -584,7 +590,7 @@ def write_report(csv_path: Path, out_dir: Path, at_steps: Sequence[int] | None =
             "",
             f"### {env} ({budget:,} steps)",
             "",
-            f"![{env}](curve-{env}.png)",
+            f"![{env}](curve-{file_name(env)}.png)",
             "",
             "| config | seeds | final return | AUC | time per run (s) | steps/s |",
             "|---|---|---|---|---|---|",

@@ -215,3 +215,26 @@ def test_matrix_processes_sharing_one_csv_lose_no_run(tmp_path):
         worker.join(timeout=120)
         assert worker.exitcode == 0
     assert len(returns.completed(returns.read_rows(csv_path))) == 50
+
+
+def test_report_of_a_namespaced_env_id(tmp_path):
+    """Pixel ids such as sb3_ddpg_paper/PixelPendulum-v1 hold a slash: file names must not become directories."""
+    env = "sb3_ddpg_paper/PixelPendulum-v1"
+    rows = [
+        dict(
+            config="paper",
+            env=env,
+            seed=seed,
+            budget=100,
+            step=step,
+            eval_mean=-1000.0 + step,
+            eval_std=0.0,
+            train_seconds=step,
+        )
+        for seed in (0, 1)
+        for step in (0, 50, 100)
+    ]
+    returns.write_rows(tmp_path / "returns.csv", rows)
+    returns.write_report(tmp_path / "returns.csv", tmp_path)
+    assert (tmp_path / "curve-sb3_ddpg_paper-PixelPendulum-v1.png").stat().st_size > 0
+    assert f"![{env}](curve-sb3_ddpg_paper-PixelPendulum-v1.png)" in (tmp_path / "tables.md").read_text()
