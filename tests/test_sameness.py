@@ -537,9 +537,9 @@ def test_cnn_update_matches_reference_algorithm_1(batch_norm, action_layer, cnn_
         dict(target_batch_norm="running"),
         dict(features_extractor_kwargs=dict(filters=8, features_dim=24)),
         dict(batch_norm=False, features_extractor_kwargs=dict(filters=8, padding=1, stride=3, kernel_size=4)),
-        dict(batch_norm_momentum=None, weight_decay_scope="all"),
+        dict(batch_norm_momentum=0.3, batch_norm_eps=1e-3, weight_decay_scope="all"),
     ],
-    ids=["running-targets", "features-dim", "no-bn-padding", "cumulative-bn-decay-all"],
+    ids=["running-targets", "features-dim", "no-bn-padding", "bn-settings-decay-all"],
 )
 def test_cnn_update_matches_autograd_in_other_configurations(policy_kwargs):
     models = []
@@ -570,52 +570,47 @@ def test_cnn_update_matches_reference_through_learn(device):
     assert_same_pixel_networks(model, reference, n_steps=4)
 
 
-def test_cnn_update_matches_autograd_at_paper_size_on_pixel_pendulum():
+@pytest.mark.parametrize("env_id", ["random-images", "sb3_ddpg_paper/PixelPendulum-v1"])
+def test_cnn_update_is_as_close_to_autograd_as_autograd_in_another_memory_layout(env_id):
     """
-    The paper's pixel networks and batch (CnnPolicy defaults, batch 16) on real renders, 12 steps: the hand-written
-    step tracks autograd's. Pendulum's renders have a constant background, so some conv features are the same for
-    every image of a batch; batch norm turns them into rounding noise, whose gradients (zero in exact arithmetic) Adam
-    scales up to steps of up to its learning rate. Those are compared within that bound; the networks' outputs, every
-    other entry and the losses to float precision.
+    The paper's pixel networks and batch (CnnPolicy defaults: 32 filters, 200-200, batch 16), 6 steps.
+
+    At this size float rounding is amplified: at initialisation the actor's gradients are tiny and nearly the same for
+    every state of a batch, so its batch-norm backward passes cancel most of their digits; Pendulum's renders share a
+    constant background, which batch norm turns into rounding noise. Adam then turns gradients that are rounding noise
+    into steps of up to its learning rate, so any two float32 implementations of the same update drift apart by up
+    to that much within a few steps, autograd included: autograd with channels-last weights (the same math, other
+    kernels) is the yardstick. The hand-written step must be as close to autograd as that (within 3 times, plus float
+    precision), in every parameter, batch-norm statistic and loss; the shift-invariant entries within Adam's steps.
     """
     models = []
-    for cnn_update in (True, False):
-        model = PaperDDPG(
-            "sb3_ddpg_paper/PixelPendulum-v1", buffer_size=400, learning_starts=100, seed=1, cnn_update=cnn_update
-        )
-        model.learn(100)
-        np.random.seed(11)
-        model.train(gradient_steps=12, batch_size=16)
+    for variant in ("cnn_update", "autograd", "autograd, channels last"):
+        if env_id == "random-images":
+            model = filled_pixel_model(variant == "cnn_update", net_arch=None, features_extractor_kwargs=None)
+        else:
+            model = PaperDDPG(env_id, buffer_size=300, learning_starts=100, seed=1, cnn_update=variant == "cnn_update")
+            model.learn(100)
+        assert (model._cnn_update is not None) == (variant == "cnn_update")
+        if variant == "autograd, channels last":
+            model.policy.to(memory_format=th.channels_last)
+        np.random.seed(5)
+        model.train(gradient_steps=6, batch_size=16)
         models.append(model)
-    ours, theirs = models
-    np.random.seed(12)
-    batch = ours.replay_buffer.sample(64)
-    constant = {}
-    with th.no_grad():
-        for name in ("actor", "critic"):
-            features = getattr(ours, name).extract_features(batch.observations, getattr(ours, name).features_extractor)
-            constant[name] = features.std(0) < 1e-6  # features the batch norm sees as (nearly) constant
+    ours, autograd, channels_last = models
+    assert ours.actor.net_arch == [200, 200] and ours.actor.features_extractor.features_dim == 32 * 7 * 7
     shift_invariant = cnn_shift_invariant(ours)
-    features_bn = {"actor": "mu.0", "critic": "qf0.state_net.0"}
+    adam_steps = 2 * 6 * max(group["lr"] for net in (ours.actor, ours.critic) for group in net.optimizer.param_groups)
     for name in ("actor", "critic", "actor_target", "critic_target"):
-        net = name.removesuffix("_target")
-        for key, value in getattr(ours, name).state_dict().items():
-            other = getattr(theirs, name).state_dict()[key]
-            if key in shift_invariant[net]:
-                th.testing.assert_close(value, other, rtol=0, atol=12 * 1e-3, msg=key)  # 12 steps of the critic's lr
+        for key, reference in getattr(autograd, name).state_dict().items():
+            value, other = getattr(ours, name).state_dict()[key], getattr(channels_last, name).state_dict()[key]
+            if key in shift_invariant[name.removesuffix("_target")]:  # two sets of 6 Adam steps of rounding noise
+                th.testing.assert_close(value, reference, rtol=0, atol=adam_steps, msg=f"{name}.{key}")
                 continue
-            if key.startswith(features_bn[net] + "."):  # only the features that vary within a batch
-                value, other = value[~constant[net]], other[~constant[net]]
-            th.testing.assert_close(value, other, rtol=1e-4, atol=1e-5, msg=f"{name}.{key}")
-    for model in models:
-        model.policy.set_training_mode(False)
-    with th.no_grad():
-        for net in ("actor", "critic"):
-            out = ours.actor(batch.observations) if net == "actor" else ours.critic(batch.observations, batch.actions)[0]
-            ref = theirs.actor(batch.observations) if net == "actor" else theirs.critic(batch.observations, batch.actions)[0]
-            th.testing.assert_close(out, ref, rtol=1e-4, atol=1e-6)
+            yardstick = (other - reference).abs().max() * 3 + reference.abs().max() * 1e-5
+            assert (value - reference).abs().max() <= yardstick, f"{name}.{key}"
     for key in ("train/critic_loss", "train/actor_loss", "train/q_mean"):
-        assert ours.logger.name_to_value[key] == pytest.approx(theirs.logger.name_to_value[key], rel=1e-4, abs=1e-6)
+        values = [model.logger.name_to_value[key] for model in models]
+        assert abs(values[0] - values[1]) <= 3 * abs(values[2] - values[1]) + 1e-6 * abs(values[1]), key
 
 
 def test_cnn_update_only_for_the_supported_pixel_networks():
@@ -652,5 +647,5 @@ def test_cnn_update_survives_save_and_load(tmp_path):
     )
     assert PaperDDPG.load(tmp_path / "model.zip", buffer_size=500, cnn_update=False)._cnn_update is None
     loaded.learning_starts = 0
-    loaded.learn(3)
-    assert loaded.critic.optimizer.state_dict()["state"][0]["step"] == 5
+    loaded.learn(4, reset_num_timesteps=False)
+    assert loaded._n_updates > 2 and loaded.critic.optimizer.state_dict()["state"][0]["step"] == loaded._n_updates
