@@ -10,8 +10,10 @@ divides it by 255 again, batch-normalises the same 9-channel 64x64 images with t
 the backward pass computes the gradient w.r.t. the normalised image (a transposed convolution back to 64x64 pixels)
 only to reduce it to the 18 affine parameters of the input batch norm. :class:`CNNUpdate` computes the same step:
 
-- each observation batch is converted (SB3's ``preprocess_obs``: uint8 / 255) and normalised by its batch statistics
-  once, and shared by every tower that sees it (the statistics are the same: same batch, same formula);
+- each observation batch is normalised by its batch statistics once, and shared by every tower that sees it (the
+  statistics are the same: same batch, same formula). The statistics are computed exactly from the integer pixel
+  values; the normalised images ``(obs / 255 - mean) / sqrt(var + eps)`` are computed as ``obs * a + b`` per channel
+  (as batch norm's own kernel computes them), with SB3's division by 255 folded into ``a``;
 - the input batch norm's affine transform is folded into the first convolution, which is linear:
   ``conv(W, gamma * xhat + beta) = conv(W * gamma, xhat) + sum(W * beta)`` (no padding, so every window holds image
   pixels only), and its gradients follow from the first convolution's weight gradient on ``xhat``:
@@ -20,7 +22,9 @@ only to reduce it to the 18 affine parameters of the input batch norm. :class:`C
 - every other layer runs the kernels autograd would run (``convolution``, ``native_batch_norm``, ReLU and their
   backward kernels, ``convolution_backward`` with only the gradients that are used); the fully connected part is
   :mod:`~sb3_ddpg_paper.mlp_update`'s;
-- the critic's tower in the actor step runs without saving anything (the critic is held fixed there).
+- the critic's tower in the actor step runs without saving anything (the critic is held fixed there);
+- activations are channels last (``MEMORY_FORMAT``), and glibc's malloc keeps the freed activations of one update for
+  the next instead of returning them to the kernel (:func:`~sb3_ddpg_paper.fast_paths.raise_malloc_thresholds`).
 
 Batch norm behaves as the modules would in their current mode (batch statistics and a running-statistics update for
 the online networks, the targets as the policy configured them, the critic's layers frozen in the actor step). The
@@ -30,7 +34,7 @@ numbers are those of the autograd step to float rounding (sums in another order,
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch as th
 from stable_baselines3.common.preprocessing import is_image_space
@@ -69,7 +73,7 @@ def _as_tower(extractor: nn.Module) -> tuple[_Tower, list[nn.Module]] | None:
     if len(flatten) != 1 or layers[flatten[0]].start_dim != 1 or layers[flatten[0]].end_dim != -1:
         return None
     image, flat = layers[: flatten[0]], layers[flatten[0] + 1 :]
-    input_bn = image.pop(0) if image and type(image[0]) in _BATCH_NORMS_2D else None
+    input_bn = cast(nn.BatchNorm2d, image.pop(0)) if image and type(image[0]) in _BATCH_NORMS_2D else None
     if not image or type(image[0]) is not nn.Conv2d:
         return None
     for i, layer in enumerate(image):
@@ -109,7 +113,7 @@ class _Images:
         self.observations = observations
         self.values = observations.float()  # before the scale; the integer pixel values of uint8 images
         self._statistics: tuple[th.Tensor, th.Tensor] | None = None
-        self._normalized: dict[float, th.Tensor] = {}
+        self._normalized: dict[float | None, th.Tensor] = {}
 
     @property
     def count(self) -> int:
@@ -139,12 +143,19 @@ class _Images:
         out = th.empty_like(self.values, memory_format=MEMORY_FORMAT)
         return th.addcmul(delta.float().view(shape), self.values, alpha.float().view(shape), out=out)
 
-    def normalized(self, eps: float) -> th.Tensor:
-        """The images normalised with the batch statistics (shared by every tower that sees this batch)."""
+    def normalized(self, eps: float | None) -> th.Tensor:
+        """
+        The images normalised with the batch statistics, or (``eps=None``) the preprocessed images, ``scale * obs``:
+        computed once, shared by every tower that sees this batch.
+        """
         if eps not in self._normalized:
-            mean, var = self.statistics()
-            invstd = (var + eps).rsqrt()
-            self._normalized[eps] = self.transformed(invstd * self.scale, -mean * invstd)
+            if eps is None:
+                scale = th.full((self.values.shape[1],), self.scale, dtype=th.float64, device=self.values.device)
+                self._normalized[eps] = self.transformed(scale, th.zeros_like(scale))
+            else:
+                mean, var = self.statistics()
+                invstd = (var + eps).rsqrt()
+                self._normalized[eps] = self.transformed(invstd * self.scale, -mean * invstd)
         return self._normalized[eps]
 
 
@@ -155,17 +166,16 @@ def _input_forward(bn: nn.BatchNorm2d | None, images: _Images, frozen: bool) -> 
     images without an input batch norm.
     """
     if bn is None:
-        scale = th.full((images.values.shape[1],), images.scale, dtype=th.float64, device=images.values.device)
-        return images.transformed(scale, th.zeros_like(scale))
+        return images.normalized(None)
     training, track = (True, False) if frozen else (bn.training, bn.track_running_stats)
     if not training and bn.running_mean is not None and bn.running_var is not None:  # running statistics
         invstd = (bn.running_var.double() + bn.eps).rsqrt()
         return images.transformed(invstd * images.scale, -bn.running_mean.double() * invstd)
     if training and track and bn.running_mean is not None and bn.running_var is not None:
-        factor = bn.momentum
+        factor = 0.0 if bn.momentum is None else bn.momentum  # as _BatchNorm.forward computes it
         if bn.num_batches_tracked is not None:
             bn.num_batches_tracked.add_(1)
-            if factor is None:  # cumulative moving average
+            if bn.momentum is None:  # cumulative moving average
                 factor = 1.0 / float(bn.num_batches_tracked)
         mean, var = images.statistics()
         bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), factor)
@@ -375,7 +385,8 @@ class CNNUpdate:
         with th.no_grad():
             obs, next_obs = self._images(observations), self._images(next_observations)
 
-            # Critic step: y = r + gamma * Q'(s', mu'(s')) from the target networks, loss = mean((y - Q(s, a))^2)
+            # Critic step (Algorithm 1): y = r + gamma * Q'(s', mu'(s')) from the target networks,
+            # loss = mean((y - Q(s, a))^2)
             features, _ = _tower_forward(self.actor_target.tower, next_obs, save=False)
             next_actions, _ = _forward(self.actor_target.layers, features)
             features, _ = _tower_forward(self.critic_target.tower, next_obs, save=False)
@@ -392,8 +403,8 @@ class CNNUpdate:
             _tower_backward(critic.tower, tower_saved, g, grads)  # type: ignore[arg-type]
             apply_gradients(self.policy.critic.optimizer, grads)
 
-            # Actor step with the updated critic: loss = -mean Q(s, mu(s)), gradient w.r.t. the actor's parameters
-            # only; the critic normalises with this batch's statistics without counting it again
+            # Actor step with the updated critic (Algorithm 1): loss = -mean Q(s, mu(s)), gradient w.r.t. the actor's
+            # parameters only; the critic normalises with this batch's statistics without counting it again
             features, actor_tower_saved = _tower_forward(actor.tower, obs)
             mu, actor_saved = _forward(actor.layers, features)
             features, _ = _tower_forward(critic.tower, obs, frozen=True, save=False)
@@ -403,7 +414,9 @@ class CNNUpdate:
             grad_mu = _backward(critic.layers, q_saved, g, None, stop=max(k, 1), input_columns=self.action_columns)
             assert grad_mu is not None
             if k == 0:  # the action at the first fully connected layer: its action columns
-                grad_mu = grad_mu.mm(critic.layers[0].weight[:, self.action_columns])  # type: ignore[union-attr]
+                action_layer = critic.layers[0]
+                assert isinstance(action_layer, nn.Linear)
+                grad_mu = grad_mu.mm(action_layer.weight[:, self.action_columns])
             grads = {}
             g = _backward(actor.layers, actor_saved, grad_mu, grads, input_grad=True)
             _tower_backward(actor.tower, actor_tower_saved, g, grads)  # type: ignore[arg-type]
