@@ -52,8 +52,8 @@ _convolution_backward = th.ops.aten.convolution_backward
 
 _BATCH_NORMS_2D = (nn.BatchNorm2d, BatchNorm2d)  # exact types: a subclass may change forward()
 # The towers' activations are channels last (N, H, W, C in memory): oneDNN's convolutions and PyTorch's batch norm
-# are faster in that layout at these sizes (batch norm of 16x32x31x31: 0.26 vs 0.92 ms; weight gradient of the first
-# convolution: 0.85 vs 2.13 ms; docs/speed.md, "Pixels").
+# are faster in that layout at these sizes (batch norm of 16x32x31x31: 0.29 vs 0.92 ms; weight gradient of the first
+# convolution: 0.97 vs 2.34 ms; benchmarks/results/pixels_micro.txt, docs/speed.md "Pixels").
 MEMORY_FORMAT = th.channels_last
 
 
