@@ -14,6 +14,15 @@ contender alike; the ratios are computed per round ("pair") and the medians over
 - D: ``PaperDDPG`` with the paper's defaults (batch norm, action at the 2nd hidden layer, critic weight decay 1e-2,
   learning rates 1e-4 / 1e-3, tau 1e-3, Ornstein-Uhlenbeck noise).
 
+``--pixels`` (issue 15) runs two other contenders instead, on ``sb3_ddpg_paper/PixelPendulum-v1`` with the paper's
+pixel defaults (``CnnPolicy``: 3 conv layers of 32 filters and 2 fully connected layers of 200, batch norm, batch 16):
+
+- E: the autograd step (``cnn_update=False``, the code before issue 15);
+- F: the hand-written step (``cnn_update=True``, the default; ``sb3_ddpg_paper.cnn_update``).
+
+Their replay buffer holds 20,000 transitions instead of the default 100,000 (both contenders live in one process; a
+run never stores more than ``learning_starts + train_steps`` transitions, so the capacity does not change the work).
+
 Each run collects ``learning_starts`` random transitions, then trains for ``train_steps`` environment steps with one
 gradient update per step. Reported per run: env steps/s of the training phase (act + env step + store + one update:
 the figure that decides how long a million-step run takes), updates/s (gradient updates per second spent inside the
@@ -24,6 +33,7 @@ Usage::
 
     python benchmarks/throughput.py                              # default: 3 pairs x 2000 training steps, both envs
     python benchmarks/throughput.py --pairs 5 --train-steps 5000 --long-steps 50000 --out results.json
+    python benchmarks/throughput.py --pixels --train-steps 500 --slice 50    # E vs F: 3 pairs, no long run
 """
 
 from __future__ import annotations
@@ -62,7 +72,11 @@ LABELS = {
     "B": "SB3 DDPG",
     "C": "bare PyTorch loop",
     "D": "PaperDDPG, paper defaults",
+    "E": "PaperDDPG pixels, autograd",
+    "F": "PaperDDPG pixels, hand-written",
 }
+PIXEL_PENDULUM = "sb3_ddpg_paper/PixelPendulum-v1"
+PIXEL_BUFFER_SIZE = 20_000
 
 
 # ----------------------------------------------------------------------------- timing helpers
@@ -171,6 +185,16 @@ def make_b(env_id: str, seed: int, device: str) -> DDPG:
 def make_d(env_id: str, seed: int, device: str) -> PaperDDPG:
     """PaperDDPG with the paper's defaults."""
     return PaperDDPG(env_id, seed=seed, device=device)
+
+
+def make_e(env_id: str, seed: int, device: str) -> PaperDDPG:
+    """PaperDDPG with the paper's pixel defaults, autograd step (the code before issue 15)."""
+    return PaperDDPG(env_id, buffer_size=PIXEL_BUFFER_SIZE, seed=seed, device=device, cnn_update=False)
+
+
+def make_f(env_id: str, seed: int, device: str) -> PaperDDPG:
+    """PaperDDPG with the paper's pixel defaults, hand-written step (the default)."""
+    return PaperDDPG(env_id, buffer_size=PIXEL_BUFFER_SIZE, seed=seed, device=device, cnn_update=True)
 
 
 # ----------------------------------------------------------------------------- C: the floor
@@ -293,7 +317,8 @@ class Contender:
             self.model: Any = None
         else:
             self.bare = None
-            factory: Callable[[str, int, str], Any] = {"A": make_a, "B": make_b, "D": make_d}[kind]
+            factories = {"A": make_a, "B": make_b, "D": make_d, "E": make_e, "F": make_f}
+            factory: Callable[[str, int, str], Any] = factories[kind]
             self.model = factory(env_id, seed, args.device)
             self.model.learning_starts = args.learning_starts
             self.update_time = _timed_train(self.model)
@@ -355,13 +380,16 @@ def _fmt(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--envs", nargs="+", default=["Pendulum-v1", "HalfCheetah-v5"])
+    parser.add_argument(
+        "--envs", nargs="+", default=None, help="default: Pendulum-v1 HalfCheetah-v5 (--pixels: PixelPendulum)"
+    )
     parser.add_argument("--pairs", type=int, default=3, help="rounds (each trains every contender once)")
     parser.add_argument("--slice", type=int, default=100, help="within a round, contenders take turns every SLICE steps")
     parser.add_argument("--learning-starts", type=int, default=1000)
     parser.add_argument("--train-steps", type=int, default=2000, help="training-phase env steps per run")
-    parser.add_argument("--contenders", default="ABCD", help="subset of ABCD")
-    parser.add_argument("--long-steps", type=int, default=20_000, help="long paper-defaults run (0: skip)")
+    parser.add_argument("--contenders", default=None, help="subset of ABCDEF (default ABCD; --pixels: EF)")
+    parser.add_argument("--pixels", action="store_true", help="pixel contenders E and F on PixelPendulum, no long run")
+    parser.add_argument("--long-steps", type=int, default=None, help="long paper-defaults run (0: skip; default 20,000)")
     parser.add_argument("--long-env", default="Pendulum-v1")
     parser.add_argument("--chunk", type=int, default=2000, help="chunk size of the long run's steps/s")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
@@ -369,8 +397,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="throughput.json", help="JSON file for the results")
     args = parser.parse_args(argv)
-    if set(args.contenders) - set("ABCD"):
-        parser.error(f"--contenders must be a subset of ABCD, got {args.contenders!r}")
+    if args.envs is None:
+        args.envs = [PIXEL_PENDULUM] if args.pixels else ["Pendulum-v1", "HalfCheetah-v5"]
+    if args.contenders is None:
+        args.contenders = "EF" if args.pixels else "ABCD"
+    if args.long_steps is None:
+        args.long_steps = 0 if args.pixels else 20_000
+    if set(args.contenders) - set("ABCDEF"):
+        parser.error(f"--contenders must be a subset of ABCDEF, got {args.contenders!r}")
     th.set_num_threads(args.threads)
 
     header = dict(
@@ -401,7 +435,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for kind, results in env_runs.items():
             env_summary[kind] = {key: statistics.median(r[key] for r in results) for key in results[0]}
             print(f"{env_id:15s} {kind} {LABELS[kind]:28s} {_fmt(env_summary[kind])}")
-        for num, den in (("A", "B"), ("A", "C"), ("D", "B"), ("C", "B")):
+        for num, den in (("A", "B"), ("A", "C"), ("D", "B"), ("C", "B"), ("F", "E")):
             if num in env_runs and den in env_runs:
                 ratios = [a["steps_per_s"] / b["steps_per_s"] for a, b in zip(env_runs[num], env_runs[den], strict=True)]
                 cpu_ratios = [
@@ -409,6 +443,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 ]
                 env_summary[f"{num}/{den}"] = statistics.median(ratios)
                 env_summary[f"{num}/{den} per CPU-s"] = statistics.median(cpu_ratios)
+                env_summary[f"{num}/{den} per pair"] = ratios
                 print(
                     f"{env_id:15s} {num}/{den} = {statistics.median(ratios):.2f} "
                     f"(pairs: {', '.join(f'{r:.2f}' for r in ratios)}; per CPU second {statistics.median(cpu_ratios):.2f})"

@@ -29,6 +29,7 @@ from sb3_ddpg_paper.checkpoints import (
     load_checkpoint,
     restore_training_state,
 )
+from sb3_ddpg_paper.cnn_update import CNNUpdate
 from sb3_ddpg_paper.fast_paths import (
     apply_gradients,
     can_sample_fast,
@@ -134,6 +135,10 @@ class PaperDDPG(OffPolicyAlgorithm):
         hand-written forward and backward passes instead of autograd: the same kernels and gradients (to float
         rounding), less time per update on a CPU (docs/speed.md). ``False``: always autograd (e.g. to use module or
         tensor hooks, which the hand-written passes do not call).
+    :param cnn_update: the same for the paper's pixel networks (``CnnPolicy``: :class:`~sb3_ddpg_paper.PaperCNN`
+        towers, then fully connected layers): each observation batch converted and normalised once for every tower
+        that sees it, the input batch norm folded into the first convolution, no gradient w.r.t. the images
+        (docs/speed.md, "Pixels"). ``False``: always autograd.
     :param _init_setup_model: Whether or not to build the network at the creation of the instance
     """
 
@@ -187,6 +192,7 @@ class PaperDDPG(OffPolicyAlgorithm):
         stats_window_size: int = 100,
         flush_denormal: bool = True,
         mlp_update: bool = True,
+        cnn_update: bool = True,
         _init_setup_model: bool = True,
     ):
         policy, env = self._resolve_policy_and_env(policy, env)
@@ -255,6 +261,7 @@ class PaperDDPG(OffPolicyAlgorithm):
         self.critic_target_update_interval = critic_target_update_interval
         self.flush_denormal = flush_denormal
         self.mlp_update = mlp_update
+        self.cnn_update = cnn_update
         # The algorithm's critic weight decay is handed to the policy, which builds the optimizers
         self.policy_kwargs["critic_weight_decay"] = critic_weight_decay
 
@@ -340,6 +347,8 @@ class PaperDDPG(OffPolicyAlgorithm):
         self._critic_batch_norms = batch_norm_modules(self.critic)
         # Fully connected networks: the gradient step with hand-written backward passes; None: autograd
         self._mlp_update = MLPUpdate.for_policy(self.policy) if getattr(self, "mlp_update", True) else None
+        # Pixel networks (CnnPolicy): the same, with the conv towers written out; None: autograd
+        self._cnn_update = CNNUpdate.for_policy(self.policy) if getattr(self, "cnn_update", True) else None
 
     def set_random_seed(self, seed: int | None = None) -> None:
         super().set_random_seed(seed)
@@ -508,7 +517,7 @@ class PaperDDPG(OffPolicyAlgorithm):
         critic_interval = self.critic_target_update_interval or self.target_update_interval
 
         losses = []
-        update = self._mlp_update
+        update = self._mlp_update or self._cnn_update
         with flushed_denormals(self.flush_denormal, self._denormals_flushed_outside()):
             for _ in range(gradient_steps):
                 self._n_updates += 1
@@ -560,7 +569,8 @@ class PaperDDPG(OffPolicyAlgorithm):
     ) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
         """
         One critic step and one actor step of Algorithm 1 with autograd (any network: CNN, Dict
-        observations). :class:`~sb3_ddpg_paper.mlp_update.MLPUpdate` is the same step for fully connected networks.
+        observations). :class:`~sb3_ddpg_paper.mlp_update.MLPUpdate` is the same step for fully connected networks,
+        :class:`~sb3_ddpg_paper.cnn_update.CNNUpdate` for the paper's pixel networks.
 
         :return: the critic loss, the actor loss and the mean Q-value of the batch (before the critic step), detached
         """
@@ -706,6 +716,7 @@ class PaperDDPG(OffPolicyAlgorithm):
             "_critic_target_buffers",
             "_critic_batch_norms",
             "_mlp_update",
+            "_cnn_update",
             "_flushed_outside",
             "_resume_state",
             "_last_checked_obs",

@@ -51,6 +51,27 @@ def flushed_denormals(enabled: bool, flushed_outside: bool) -> Iterator[None]:
         th.set_flush_denormal(False)
 
 
+# ----------------------------------------------------------------------------- malloc
+# glibc's malloc takes blocks above its mmap threshold straight from the kernel (fresh pages, faulted in on first use)
+# and gives the top of its heap back to the kernel once more than its trim threshold is free there. Both thresholds
+# start low (128 KiB and 256 KiB) and rise when a larger block taken from the kernel is freed, up to 32 MiB and
+# 64 MiB ("dynamic mmap threshold", mallopt(3)). A pixel update allocates and frees tens of MB of 2 MB activations:
+# with the thresholds where a process leaves them, it page-faults most of that memory in again at every update
+# (about 2,000 page faults and 4-7 ms of system time per update, docs/speed.md, "Pixels").
+
+
+def raise_malloc_thresholds() -> None:
+    """
+    Allocate and free one 31 MiB block: under glibc this raises the dynamic mmap and trim thresholds to 31 MiB and
+    62 MiB for the rest of the process (as freeing any block of that size would), so that the heap keeps up to 62 MiB
+    of freed memory for reuse instead of returning it to the kernel and faulting it in again. Thresholds set
+    explicitly (``mallopt``, ``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_MMAP_THRESHOLD_``) are not dynamic and stay as set;
+    other C libraries simply allocate and free the block. Nothing is computed differently.
+    """
+    block = th.empty(31 << 20, dtype=th.uint8)
+    del block
+
+
 # ----------------------------------------------------------------------------- Adam
 _ADAM_IMPLEMENTATION_KEYS = frozenset({"fused", "foreach", "differentiable", "capturable"})
 

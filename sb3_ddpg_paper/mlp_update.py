@@ -115,16 +115,17 @@ def _backward(
     grads: dict[th.Tensor, th.Tensor | None] | None,
     stop: int = 0,
     input_columns: slice = slice(None),
+    input_grad: bool = False,
 ) -> th.Tensor | None:
     """
     Back-propagate ``g`` (d loss / d output) from the last layer down to layer ``stop``, writing the parameters'
     gradients into ``grads`` (``None``: parameters held fixed, no weight gradient is computed); return
-    d loss / d (the input of layer ``stop``, its ``input_columns`` only), or ``None`` when ``stop`` is 0 (the
-    gradient w.r.t. the observations is never needed).
+    d loss / d (the input of layer ``stop``, its ``input_columns`` only), or ``None`` when ``stop`` is 0 and not
+    ``input_grad`` (the gradient w.r.t. the observations is not needed; a conv tower below needs its features').
     """
     for i in range(len(layers) - 1, stop - 1, -1):
         layer, state = layers[i], saved[i]
-        need_input = i > 0
+        need_input = i > 0 or input_grad
         if isinstance(layer, nn.Linear):
             if grads is not None:
                 x = state.tensor
@@ -156,7 +157,7 @@ def _backward(
             g = _relu_backward(g, state.tensor, 0)
         else:  # nn.Tanh
             g = _tanh_backward(g, state.tensor)
-    return g if stop > 0 else None
+    return g if stop > 0 or input_grad else None
 
 
 class MLPUpdate:

@@ -470,3 +470,254 @@ def test_apply_gradients_respects_hooks_and_missing_gradients():
     assert len(calls) == 3  # a hooked optimizer runs its step()
     assert params[1] not in optimizer.state  # no gradient: not stepped, as optimizer.step() skips it
     assert optimizer.state[params[0]]["step"] == 3
+
+
+# ----------------------------------------------------------------------------- hand-written CNN update (issue 15)
+from stable_baselines3.common.torch_layers import NatureCNN  # noqa: E402
+
+from sb3_ddpg_paper import PaperCNN  # noqa: E402
+from sb3_ddpg_paper.cnn_update import CNNUpdate  # noqa: E402
+
+PIXEL_SMALL = dict(net_arch=[32, 24], features_extractor_kwargs=dict(filters=8))
+
+
+class RandomImageEnv(gym.Env):
+    """9x64x64 uint8 images of random texture (every pixel varies over a batch), a reward that depends on the action."""
+
+    def __init__(self):
+        self.observation_space = gym.spaces.Box(0, 255, (9, 64, 64), np.uint8)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return self.np_random.integers(0, 256, (9, 64, 64), dtype=np.uint8), {}
+
+    def step(self, action):
+        observation = self.np_random.integers(0, 256, (9, 64, 64), dtype=np.uint8)
+        return observation, float(-np.square(action).sum() + observation[0, 0, 0] / 255), False, False, {}
+
+
+def filled_pixel_model(cnn_update: bool = True, device: str = "cpu", **policy_kwargs) -> PaperDDPG:
+    """A pixel model (CnnPolicy) whose replay buffer holds random-image transitions (truncations, terminals) only."""
+    env = make_vec_env(
+        RandomImageEnv, n_envs=2, seed=0, wrapper_class=gym.wrappers.TimeLimit, wrapper_kwargs=dict(max_episode_steps=20)
+    )
+    model = PaperDDPG(
+        "CnnPolicy",
+        env,
+        learning_rate=ACTOR_LR,
+        qf_learning_rate=CRITIC_LR,
+        critic_weight_decay=WEIGHT_DECAY,
+        tau=TAU,
+        gamma=GAMMA,
+        buffer_size=500,
+        learning_starts=120,
+        batch_size=16,
+        policy_kwargs={**PIXEL_SMALL, **policy_kwargs},
+        cnn_update=cnn_update,
+        seed=0,
+        device=device,
+    )
+    model.learn(120)  # warm-up only
+    assert model._n_updates == 0 and model.replay_buffer.timeouts.any()
+    model.replay_buffer.dones[::7] = 1.0
+    return model
+
+
+class ReferenceCnnDDPG(ReferenceDDPG):
+    """:class:`ReferenceDDPG` for the pixel networks: the critic's conv weights are decayed too (sec. 7, "weights")."""
+
+    def __init__(self, model: PaperDDPG):
+        super().__init__(model)
+        decayed = {id(m.weight) for m in self.critic.modules() if isinstance(m, nn.Linear | nn.Conv2d)}
+        critic_params = list(self.critic.parameters())
+        self.critic_optimizer = th.optim.Adam(
+            [
+                {"params": [p for p in critic_params if id(p) in decayed], "weight_decay": WEIGHT_DECAY},
+                {"params": [p for p in critic_params if id(p) not in decayed], "weight_decay": 0.0},
+            ],
+            lr=CRITIC_LR,
+            foreach=False,
+        )
+
+
+def cnn_shift_invariant(model: PaperDDPG) -> dict[str, set[str]]:
+    """
+    The entries whose gradient is zero in exact arithmetic (see ``SHIFT_INVARIANT``): the shift of a batch norm that
+    is followed by a bias-free layer and another batch norm. In the pixel networks: the input batch norm's shift (the
+    first conv layer and its batch norm follow), the running mean of that conv layer's batch norm, and the same pair at
+    the fully connected layers when a hidden layer with batch norm follows the features' batch norm.
+    """
+    entries: dict[str, set[str]] = {"actor": set(), "critic": set()}
+    if model.policy.batch_norm:
+        for name in entries:
+            entries[name] |= {"features_extractor.cnn.0.bias", "features_extractor.cnn.2.running_mean"}
+        if model.actor.net_arch:
+            entries["actor"] |= {"mu.0.bias", "mu.2.running_mean"}
+        projection = model.actor.features_extractor.cnn[-2]
+        if isinstance(projection, nn.Linear):  # features_dim: Linear -> ReLU -> the features' batch norm; units active
+            for name in entries:  # for the whole batch pass a shift of its bias on to that batch norm unchanged
+                entries[name].add(f"features_extractor.cnn.{len(model.actor.features_extractor.cnn) - 2}.bias")
+        if model.policy.action_layer >= 1:
+            entries["critic"] |= {"qf0.state_net.0.bias", "qf0.state_net.2.running_mean"}
+    return entries
+
+
+def assert_same_pixel_networks(model: PaperDDPG, other, n_steps: int, rtol: float = 1e-4, atol: float = 1e-5) -> None:
+    shift_invariant = cnn_shift_invariant(model)
+    for name in ("actor", "critic", "actor_target", "critic_target"):
+        ours, theirs = getattr(model, name).state_dict(), getattr(other, name).state_dict()
+        assert ours.keys() == theirs.keys()
+        for key in ours:
+            if key in shift_invariant[name.removesuffix("_target")]:  # rounding noise scaled up by Adam
+                th.testing.assert_close(ours[key], theirs[key], rtol=0, atol=n_steps * CRITIC_LR, msg=f"{name}.{key}")
+            else:
+                th.testing.assert_close(ours[key], theirs[key], rtol=rtol, atol=atol, msg=f"{name}.{key} differs")
+
+
+@pytest.mark.parametrize("cnn_update", [True, False])
+@pytest.mark.parametrize("batch_norm", [True, False])
+@pytest.mark.parametrize("action_layer", [0, 1])
+def test_cnn_update_matches_reference_algorithm_1(batch_norm, action_layer, cnn_update):
+    """The pixel networks' step, hand-written (default) or autograd, against Algorithm 1 written out with autograd."""
+    model = filled_pixel_model(cnn_update, batch_norm=batch_norm, action_layer=action_layer)
+    assert (model._cnn_update is not None) == cnn_update and model._mlp_update is None
+    reference = ReferenceCnnDDPG(model)
+    initial = {name: p.clone() for name, p in model.policy.named_parameters()}
+    np.random.seed(123)
+    model.train(gradient_steps=4, batch_size=16)
+    model.train(gradient_steps=3, batch_size=16)
+    np.random.seed(123)
+    losses = [reference.step(model.replay_buffer.sample(16)) for _ in range(7)]
+    assert model._n_updates == 7
+    assert_same_pixel_networks(model, reference, n_steps=7)
+    critic_losses, actor_losses = zip(*losses[4:], strict=True)
+    assert model.logger.name_to_value["train/critic_loss"] == pytest.approx(np.mean(critic_losses), rel=1e-4)
+    assert model.logger.name_to_value["train/actor_loss"] == pytest.approx(np.mean(actor_losses), rel=1e-4, abs=1e-6)
+    # Every parameter moved (the conv towers and the input batch norm included); the targets lag behind
+    assert all(not th.equal(p, initial[name]) for name, p in model.policy.named_parameters()), "a parameter did not move"
+    first_conv = model.actor.features_extractor.cnn[1 if batch_norm else 0].weight
+    assert not th.allclose(first_conv, model.actor_target.features_extractor.cnn[1 if batch_norm else 0].weight)
+    if batch_norm:  # the conv batch norms' running statistics follow the batches (the critic's counted once per step)
+        critic_bn = model.critic.features_extractor.cnn[0]
+        assert int(critic_bn.num_batches_tracked) == 7 and not th.equal(critic_bn.running_var, th.ones(9))
+
+
+@pytest.mark.parametrize(
+    "policy_kwargs",
+    [
+        dict(target_batch_norm="running"),
+        dict(features_extractor_kwargs=dict(filters=8, features_dim=24)),
+        dict(batch_norm=False, features_extractor_kwargs=dict(filters=8, padding=1, stride=3, kernel_size=4)),
+        dict(batch_norm_momentum=0.3, batch_norm_eps=1e-3, weight_decay_scope="all"),
+    ],
+    ids=["running-targets", "features-dim", "no-bn-padding", "bn-settings-decay-all"],
+)
+def test_cnn_update_matches_autograd_in_other_configurations(policy_kwargs):
+    models = []
+    for cnn_update in (True, False):
+        model = filled_pixel_model(cnn_update, **policy_kwargs)
+        assert (model._cnn_update is not None) == cnn_update
+        np.random.seed(7)
+        model.train(gradient_steps=6, batch_size=16)
+        models.append(model)
+    ours, theirs = models
+    assert_same_pixel_networks(ours, theirs, n_steps=6)
+    for key in ("train/critic_loss", "train/actor_loss", "train/q_mean"):
+        assert ours.logger.name_to_value[key] == pytest.approx(theirs.logger.name_to_value[key], rel=1e-4, abs=1e-6)
+
+
+def test_cnn_update_matches_reference_through_learn(device):
+    """Acting, storing and updating interleaved (one update per env step), on every device."""
+    model = filled_pixel_model(device=device)
+    assert model._cnn_update is not None
+    model.action_noise = None
+    reference = ReferenceCnnDDPG(model)
+    for _ in range(4):
+        state = np.random.get_state()
+        model.learn(1, reset_num_timesteps=False)
+        np.random.set_state(state)
+        reference.step(model.replay_buffer.sample(model.batch_size))
+    assert model._n_updates == 4
+    assert_same_pixel_networks(model, reference, n_steps=4)
+
+
+@pytest.mark.parametrize("env_id", ["random-images", "sb3_ddpg_paper/PixelPendulum-v1"])
+def test_cnn_update_is_as_close_to_autograd_as_autograd_in_another_memory_layout(env_id):
+    """
+    The paper's pixel networks and batch (CnnPolicy defaults: 32 filters, 200-200, batch 16), 6 steps.
+
+    At this size float rounding is amplified: at initialisation the actor's gradients are tiny and nearly the same for
+    every state of a batch, so its batch-norm backward passes cancel most of their digits; Pendulum's renders share a
+    constant background, which batch norm turns into rounding noise. Adam then turns gradients that are rounding noise
+    into steps of up to its learning rate, so any two float32 implementations of the same update drift apart by up
+    to that much within a few steps, autograd included: autograd with channels-last weights (the same math, other
+    kernels) is the yardstick. The hand-written step must be as close to autograd as that (within 3 times, plus float
+    precision), in every parameter, batch-norm statistic and loss; the shift-invariant entries within Adam's steps.
+    """
+    models = []
+    for variant in ("cnn_update", "autograd", "autograd, channels last"):
+        if env_id == "random-images":
+            model = filled_pixel_model(variant == "cnn_update", net_arch=None, features_extractor_kwargs=None)
+        else:
+            model = PaperDDPG(env_id, buffer_size=300, learning_starts=100, seed=1, cnn_update=variant == "cnn_update")
+            model.learn(100)
+        assert (model._cnn_update is not None) == (variant == "cnn_update")
+        if variant == "autograd, channels last":
+            model.policy.to(memory_format=th.channels_last)
+        np.random.seed(5)
+        model.train(gradient_steps=6, batch_size=16)
+        models.append(model)
+    ours, autograd, channels_last = models
+    assert ours.actor.net_arch == [200, 200] and ours.actor.features_extractor.features_dim == 32 * 7 * 7
+    shift_invariant = cnn_shift_invariant(ours)
+    adam_steps = 2 * 6 * max(group["lr"] for net in (ours.actor, ours.critic) for group in net.optimizer.param_groups)
+    for name in ("actor", "critic", "actor_target", "critic_target"):
+        for key, reference in getattr(autograd, name).state_dict().items():
+            value, other = getattr(ours, name).state_dict()[key], getattr(channels_last, name).state_dict()[key]
+            if key in shift_invariant[name.removesuffix("_target")]:  # two sets of 6 Adam steps of rounding noise
+                th.testing.assert_close(value, reference, rtol=0, atol=adam_steps, msg=f"{name}.{key}")
+                continue
+            yardstick = (other - reference).abs().max() * 3 + reference.abs().max() * 1e-5
+            assert (value - reference).abs().max() <= yardstick, f"{name}.{key}"
+    for key in ("train/critic_loss", "train/actor_loss", "train/q_mean"):
+        values = [model.logger.name_to_value[key] for model in models]
+        assert abs(values[0] - values[1]) <= 3 * abs(values[2] - values[1]) + 1e-6 * abs(values[1]), key
+
+
+def test_cnn_update_only_for_the_supported_pixel_networks():
+    env = RandomImageEnv()
+    assert PaperDDPG("CnnPolicy", env, buffer_size=100, policy_kwargs=PIXEL_SMALL)._cnn_update is not None
+    others = [
+        PaperDDPG("CnnPolicy", env, buffer_size=100, policy_kwargs=PIXEL_SMALL, cnn_update=False),
+        PaperDDPG("CnnPolicy", env, buffer_size=100, policy_kwargs=dict(PIXEL_SMALL, share_features_extractor=True)),
+        PaperDDPG("CnnPolicy", env, buffer_size=100, policy_kwargs=dict(features_extractor_class=NatureCNN)),
+        # Padding after the input batch norm: its shift would not reach the border windows alike (no fold)
+        PaperDDPG("CnnPolicy", env, buffer_size=100, policy_kwargs=dict(features_extractor_kwargs=dict(filters=8, padding=1))),
+        PaperDDPG("CnnPolicy", env, buffer_size=100, policy_kwargs=dict(PIXEL_SMALL, activation_fn=nn.Tanh)),
+    ]
+    for model in others:
+        assert model._cnn_update is None and model._mlp_update is None
+    assert CNNUpdate.for_policy(PaperDDPG("Pendulum-v1").policy) is None  # and MLPs keep their own update
+    td3 = TD3(
+        PaperDDPGPolicy, env, buffer_size=100, policy_kwargs=dict(PIXEL_SMALL, n_critics=2, features_extractor_class=PaperCNN)
+    )
+    assert CNNUpdate.for_policy(td3.policy) is None
+    # A model built without it still trains, through autograd
+    others[-2].learning_starts = 10
+    others[-2].learn(14)
+    assert others[-2]._n_updates == 4
+
+
+def test_cnn_update_survives_save_and_load(tmp_path):
+    model = filled_pixel_model()
+    model.train(gradient_steps=2, batch_size=16)
+    model.save(tmp_path / "model.zip")
+    loaded = PaperDDPG.load(tmp_path / "model.zip", env=make_vec_env(RandomImageEnv, n_envs=2), buffer_size=500)
+    assert (
+        loaded._cnn_update is not None and loaded._cnn_update.actor.tower.layers[0] is loaded.actor.features_extractor.cnn[1]
+    )
+    assert PaperDDPG.load(tmp_path / "model.zip", buffer_size=500, cnn_update=False)._cnn_update is None
+    loaded.learning_starts = 0
+    loaded.learn(4, reset_num_timesteps=False)
+    assert loaded._n_updates > 2 and loaded.critic.optimizer.state_dict()["state"][0]["step"] == loaded._n_updates
