@@ -42,12 +42,17 @@ from torch import nn
 from torch.nn import functional as F
 
 from sb3_ddpg_paper.fast_paths import apply_gradients, raise_malloc_thresholds
-from sb3_ddpg_paper.mlp_update import _backward, _batch_norm_forward, _check_chain, _forward, _Saved
+from sb3_ddpg_paper.mlp_update import (
+    _backward,
+    _batch_norm_backward,
+    _batch_norm_forward,
+    _check_chain,
+    _forward,
+    _relu_backward,
+    _Saved,
+)
 from sb3_ddpg_paper.torch_layers import BatchNorm2d, PaperCNN
 
-_relu_backward = th.ops.aten.threshold_backward
-_batch_norm = th.ops.aten.native_batch_norm
-_batch_norm_backward = th.ops.aten.native_batch_norm_backward
 _convolution_backward = th.ops.aten.convolution_backward
 
 _BATCH_NORMS_2D = (nn.BatchNorm2d, BatchNorm2d)  # exact types: a subclass may change forward()
