@@ -21,8 +21,9 @@ fi
 python3 -c "import torch, stable_baselines3 as sb3; print('torch', torch.__version__, 'sb3', sb3.__version__,
       torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')" | tee "$out/gpu_versions.txt"
 
-# 1. The core tests on the device (tests/test_devices.py; ids end in "on_cpu" / "on_cuda")
-python3 -m pytest tests/test_devices.py -q -p no:cacheprovider -k "on_$device" 2>&1 | tee "$out/gpu_tests.log"
+# 1. The core tests on the device (tests/test_devices.py, and the pixel update in tests/test_sameness.py; ids end in
+#    "on_cpu" / "on_cuda")
+python3 -m pytest tests/test_devices.py tests/test_sameness.py -q -p no:cacheprovider -k "on_$device" 2>&1 | tee "$out/gpu_tests.log"
 
 # 2. Throughput on the device, Pendulum-v1 (no MuJoCo needed), 3 interleaved rounds
 python3 benchmarks/throughput.py --device "$device" --envs Pendulum-v1 --pairs 3 --train-steps "$steps" --long-steps 0 \
