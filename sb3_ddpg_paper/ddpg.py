@@ -625,7 +625,7 @@ class PaperDDPG(OffPolicyAlgorithm):
                 action_noise()
             return actions, self.policy.scale_action(actions)
         assert self._last_obs is not None, "self._last_obs was not set"
-        actions, _ = self.predict(self._last_obs, deterministic=False)
+        actions, _ = self._predict_actions(self._last_obs)
         scaled_actions = self.policy.scale_action(actions)
         if action_noise is not None:
             noise = np.asarray(action_noise())
@@ -660,6 +660,16 @@ class PaperDDPG(OffPolicyAlgorithm):
                 f"predict() got a non-finite observation ({bad[1]}): the policy would return NaN actions. Pass finite "
                 "observations (SB3's VecCheckNan wrapper finds where they come from)."
             )
+        return self._predict_actions(observation, state, episode_start, deterministic)
+
+    def _predict_actions(
+        self,
+        observation: np.ndarray | dict[str, np.ndarray],
+        state: tuple[np.ndarray, ...] | None = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = False,
+    ) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
+        """:meth:`predict` without its input check (training checks every observation as it is stored)."""
         space = self.observation_space
         if not (isinstance(observation, np.ndarray) and isinstance(space, spaces.Box) and not is_image_space(space)):
             return self.policy.predict(observation, state, episode_start, deterministic)
