@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     model = PaperDDPG(
         "sb3_ddpg_paper/PixelPendulum-v1", buffer_size=5_000, learning_starts=args.learning_starts, seed=args.seed
     )
-    assert model._cnn_update is not None
+    assert isinstance(model.gradient_step, cnn_update.CNNUpdate)
     model.learn(args.learning_starts + 20)  # warm-up, then 20 updates (Adam state, oneDNN kernels)
 
     cnn_update.F = types.SimpleNamespace(conv2d=_timed("convolutions, forward", F.conv2d))  # type: ignore[assignment]

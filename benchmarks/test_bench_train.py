@@ -13,7 +13,9 @@ import torch as th
 from stable_baselines3.common.utils import polyak_update
 from torch.nn import functional as F
 
-from sb3_ddpg_paper.fast_paths import apply_gradients, sample_fast
+from sb3_ddpg_paper import torch_compat
+from sb3_ddpg_paper.torch_compat import apply_gradients
+from sb3_ddpg_paper.update import AutogradStep
 
 
 # ----------------------------------------------------------------------------- whole steps
@@ -57,14 +59,14 @@ def test_adam_step_of_the_paper_critic(benchmark, paper_model, implementation):
 def test_gradient_step_of_plain_mlps(benchmark, sb3_math_model, update):
     """One train() step of the no-batch-norm networks: autograd against the hand-written passes (MLPUpdate)."""
     model = sb3_math_model
-    saved = model._mlp_update
-    assert saved is not None
+    saved = model.gradient_step
+    assert not isinstance(saved, AutogradStep)
     if update == "autograd":
-        model._mlp_update = None
+        model.gradient_step = AutogradStep(model.policy)
     try:
         benchmark(model.train, gradient_steps=1, batch_size=64)
     finally:
-        model._mlp_update = saved
+        model.gradient_step = saved
 
 
 @pytest.mark.parametrize("call", ["zero_grad_and_step", "apply_gradients"])
@@ -92,7 +94,7 @@ def test_actor_step_gradients(benchmark, sb3_math_model, gradients):
     """The actor step needs grad_a Q and grad mu only; a plain backward() also computes the critic's weight grads."""
     model = sb3_math_model
     np.random.seed(0)
-    batch = sample_fast(model.replay_buffer, 64)
+    batch = model.replay_buffer.sample(64)
     actor_params = list(model.actor.parameters())
 
     def actor_gradients():
@@ -108,14 +110,6 @@ def test_actor_step_gradients(benchmark, sb3_math_model, gradients):
     benchmark(actor_gradients)
 
 
-@pytest.mark.parametrize("sampler", ["sb3_sample", "lean_sample"])
-def test_replay_sampling(benchmark, paper_model, sampler):
-    buffer = paper_model.replay_buffer
-    sample = buffer.sample if sampler == "sb3_sample" else (lambda batch_size: sample_fast(buffer, batch_size))
-    batch = benchmark(sample, 64)
-    assert batch.observations.shape == (64, 3)
-
-
 @pytest.mark.parametrize("update", ["sb3_polyak_update", "foreach_lerp"])
 def test_soft_update(benchmark, sb3_math_model, update):
     params, target_params = list(sb3_math_model.critic.parameters()), list(sb3_math_model.critic_target.parameters())
@@ -123,7 +117,7 @@ def test_soft_update(benchmark, sb3_math_model, update):
     def soft_update():
         with th.no_grad():
             if update == "foreach_lerp":
-                th._foreach_lerp_(target_params, params, 0.005)
+                torch_compat.lerp_(target_params, params, 0.005)
             else:
                 polyak_update(params, target_params, 0.005)
 
@@ -138,7 +132,7 @@ def test_critic_pass_with_denormal_weights(benchmark, paper_model, flush):
     with th.no_grad():
         layer.weight[: layer.weight.shape[0] // 4] = 1e-40
     np.random.seed(0)
-    batch = sample_fast(paper_model.replay_buffer, 64)
+    batch = paper_model.replay_buffer.sample(64)
 
     def critic_pass():
         loss = F.mse_loss(critic(batch.observations, batch.actions)[0], batch.rewards)

@@ -28,9 +28,7 @@ Security: ``state.pkl``, ``replay_buffer.pkl`` and ``model.zip`` are unpickled o
 checkpoints. To share a policy, use :mod:`sb3_ddpg_paper.export`.
 """
 
-import contextlib
-import hashlib
-import io
+import importlib
 import json
 import os
 import pickle
@@ -39,10 +37,9 @@ import shutil
 import sys
 import tempfile
 import warnings
-import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import cloudpickle
 import numpy as np
@@ -53,69 +50,20 @@ from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback
 from stable_baselines3.common.vec_env import VecEnvWrapper, unwrap_vec_normalize
 
+from sb3_ddpg_paper.files import TEMP_PREFIX, fsync_path, sha256
 from sb3_ddpg_paper.noise import OrnsteinUhlenbeckNoise
 
-if TYPE_CHECKING:
-    from sb3_ddpg_paper.ddpg import PaperDDPG
-
 CHECKPOINT_PREFIX = "checkpoint_"
-TEMP_PREFIX = ".tmp-"
 TRASH_PREFIX = ".trash-"
 MANIFEST_NAME = "manifest.json"
 MODEL_NAME = "model.zip"
 REPLAY_BUFFER_NAME = "replay_buffer.pkl"
 STATE_NAME = "state.pkl"
 FORMAT_VERSION = 1
-_CHUNK = 1 << 20
 
 
 class CheckpointError(RuntimeError):
     """No usable checkpoint (none complete, or every one fails its manifest check)."""
-
-
-# ---------------------------------------------------------------------------------------------------- file helpers
-def _fsync_path(path: Path) -> None:
-    """fsync a file or a directory (a directory's fsync makes the names it holds durable)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while chunk := file.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], object]) -> Path:
-    """
-    Write a file so that ``path`` holds either its old content or the complete new one, whatever happens:
-    ``write`` fills a temporary file in the same directory, which is flushed, fsynced and renamed over ``path``
-    (``os.replace``, atomic on POSIX and Windows); the directory is then fsynced.
-
-    :param path: the file to write
-    :param write: a function that writes the content into the binary file object it is given
-    :return: the path written
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
-    _fsync_path(path.parent)
-    return path
 
 
 # ---------------------------------------------------------------------------------------------------- listing
@@ -155,7 +103,7 @@ def verify_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         file = path / name
         if not isinstance(entry, dict) or not file.is_file():
             raise CheckpointError(f"{path} lacks {name}.")
-        if file.stat().st_size != entry.get("size") or _sha256(file) != entry.get("sha256"):
+        if file.stat().st_size != entry.get("size") or sha256(file) != entry.get("sha256"):
             raise CheckpointError(f"{file} does not match its manifest (size or SHA-256): the file is corrupted.")
     return manifest
 
@@ -198,7 +146,7 @@ def _prune(directory: Path, keep_last: int) -> None:
         trash = path.with_name(f"{TRASH_PREFIX}{path.name}")
         os.rename(path, trash)
         shutil.rmtree(trash, ignore_errors=True)
-    _fsync_path(directory)
+    fsync_path(directory)
 
 
 # ---------------------------------------------------------------------------------------------------- training state
@@ -246,7 +194,7 @@ def _sub_envs(venv: Any) -> list[Any]:
     return list(getattr(venv, "envs", []))
 
 
-def _env_snapshot(model: "PaperDDPG") -> tuple[bytes | None, str | None]:
+def _env_snapshot(model: OffPolicyAlgorithm) -> tuple[bytes | None, str | None]:
     """
     Pickle the training VecEnv together with the model's action space (they are often the same object) and, for
     MuJoCo envs, their physics state.
@@ -283,7 +231,7 @@ def _env_from_snapshot(data: bytes) -> tuple[Any, Any]:
     return env, action_space
 
 
-def _training_state(model: "PaperDDPG") -> dict[str, Any]:
+def _training_state(model: OffPolicyAlgorithm) -> dict[str, Any]:
     env_bytes, env_problem = _env_snapshot(model)
     if env_problem is not None:
         warnings.warn(
@@ -300,11 +248,11 @@ def _training_state(model: "PaperDDPG") -> dict[str, Any]:
     }
 
 
-def restore_training_state(model: "PaperDDPG", state: dict[str, Any], exact_env: bool) -> None:
+def restore_training_state(model: OffPolicyAlgorithm, state: dict[str, Any], exact_env: bool) -> None:
     """
     Put back the state that ``load`` and ``learn()`` reset: global RNGs, the noise (generator, epsilon schedule and,
-    with the saved environment, its process state) and the action space's generator. Called by
-    ``PaperDDPG._setup_learn`` on the first ``learn()`` after :func:`load_checkpoint`.
+    with the saved environment, its process state) and the action space's generator (see
+    :func:`resume_pending_state`).
     """
     _set_rng_states(state["rng"])
     noise = state["action_noise"]
@@ -373,7 +321,7 @@ def _write_replay_buffer(buffer: Any, path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- save / load
-def save_checkpoint(model: "PaperDDPG", directory: str | os.PathLike, keep_last: int | None = None) -> Path:
+def save_checkpoint(model: OffPolicyAlgorithm, directory: str | os.PathLike, keep_last: int | None = None) -> Path:
     """
     Write a crash-safe checkpoint of ``model`` into ``directory`` (see the module docstring) and keep the newest
     ``keep_last`` checkpoints. Call it at a rollout boundary (as :class:`CrashSafeCheckpointCallback` does): between
@@ -401,11 +349,12 @@ def save_checkpoint(model: "PaperDDPG", directory: str | os.PathLike, keep_last:
             pickle.dump(_training_state(model), file, protocol=pickle.HIGHEST_PROTOCOL)
         files = {}
         for file_name in (MODEL_NAME, REPLAY_BUFFER_NAME, STATE_NAME):
-            _fsync_path(tmp / file_name)
-            files[file_name] = {"size": (tmp / file_name).stat().st_size, "sha256": _sha256(tmp / file_name)}
+            fsync_path(tmp / file_name)
+            files[file_name] = {"size": (tmp / file_name).stat().st_size, "sha256": sha256(tmp / file_name)}
         manifest = {
             "format": FORMAT_VERSION,
             "algorithm": type(model).__name__,
+            "algorithm_class": f"{type(model).__module__}.{type(model).__qualname__}",
             "num_timesteps": int(model.num_timesteps),
             "total_timesteps": int(model._total_timesteps),
             "files": files,
@@ -414,12 +363,12 @@ def save_checkpoint(model: "PaperDDPG", directory: str | os.PathLike, keep_last:
             json.dump(manifest, file, indent=1)
             file.flush()
             os.fsync(file.fileno())
-        _fsync_path(tmp)
+        fsync_path(tmp)
         os.rename(tmp, final)  # atomic: the checkpoint appears complete or not at all
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _fsync_path(directory)
+    fsync_path(directory)
     if keep_last is not None:
         _prune(directory, keep_last)
     return final
@@ -430,7 +379,7 @@ def load_checkpoint(
     env: GymEnv | None = None,
     device: th.device | str = "auto",
     algorithm_class: type[OffPolicyAlgorithm] | None = None,
-) -> "PaperDDPG":
+) -> OffPolicyAlgorithm:
     """
     Load the newest complete checkpoint of ``directory``: model, optimizers, replay buffer, counters, noise and RNGs.
     The next ``learn(..., reset_num_timesteps=False)`` continues the run; :func:`learn_with_checkpoints` does it in
@@ -441,20 +390,19 @@ def load_checkpoint(
         run continues exactly. An environment: used instead (required when the training env could not be pickled,
         e.g. ``SubprocVecEnv``); it starts new episodes, so the run continues but not bit for bit.
     :param device: device of the loaded model
-    :param algorithm_class: the class to load with (default :class:`~sb3_ddpg_paper.PaperDDPG`; SB3's off-policy
-        algorithms too: their RNG and noise state is put back by :class:`CrashSafeCheckpointCallback` at the start of
-        the next ``learn()``)
+    :param algorithm_class: the class to load with (default: the class that wrote the checkpoint, named in its
+        manifest; :class:`~sb3_ddpg_paper.PaperDDPG` for checkpoints that name none). SB3's off-policy algorithms
+        too: their RNG and noise state is put back by :class:`CrashSafeCheckpointCallback` at the start of the next
+        ``learn()``
     :return: the model, ready to continue learning
     """
-    if algorithm_class is None:
-        from sb3_ddpg_paper.ddpg import PaperDDPG
-
-        algorithm_class = PaperDDPG
     path = Path(directory)
     if _step_of(path) is not None:
         verify_checkpoint(path)
     else:
         path = latest_checkpoint(path)
+    if algorithm_class is None:
+        algorithm_class = _saved_algorithm_class(json.loads((path / MANIFEST_NAME).read_text()))
     with open(path / STATE_NAME, "rb") as file:
         state = pickle.load(file)
     exact_env = env is None
@@ -478,8 +426,27 @@ def load_checkpoint(
             f"The replay buffer of {path} was filled by {model.replay_buffer.n_envs} environment(s); the environment "
             f"given has {model.env.num_envs}. Resume with the same number of environments."
         )
-    model._resume_state = (state, exact_env)
+    model._resume_state = (state, exact_env)  # put back by resume_pending_state at the start of the next learn()
     return model
+
+
+def _saved_algorithm_class(manifest: dict[str, Any]) -> type[OffPolicyAlgorithm]:
+    """The class that wrote a checkpoint, by the path in its manifest (as pickle finds classes)."""
+    # Checkpoints written before the manifest named the class were PaperDDPG's unless loaded with another class
+    module, _, name = manifest.get("algorithm_class", "sb3_ddpg_paper.ddpg.PaperDDPG").rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def resume_pending_state(model: OffPolicyAlgorithm) -> None:
+    """
+    The one place where a resumed run gets back what ``load`` and ``learn()`` reset (:func:`restore_training_state`):
+    called at the start of every ``learn()``, by ``PaperDDPG._setup_learn`` and by :class:`CrashSafeCheckpointCallback`
+    (for SB3's algorithms), after SB3 has reset the noise. The state that :func:`load_checkpoint` left on the model is
+    used once, by a ``learn(..., reset_num_timesteps=False)`` that continues the run; a fresh ``learn()`` drops it.
+    """
+    pending = model.__dict__.pop("_resume_state", None)
+    if pending is not None and model._num_timesteps_at_start > 0:
+        restore_training_state(model, *pending)
 
 
 class CrashSafeCheckpointCallback(BaseCallback):
@@ -514,12 +481,7 @@ class CrashSafeCheckpointCallback(BaseCallback):
 
     def _on_training_start(self) -> None:
         self._in_rollout = False
-        # PaperDDPG puts back the resumed state in _setup_learn; other SB3 algorithms (DDPG, TD3...) do it here
-        resume_state = getattr(self.model, "_resume_state", None)
-        if resume_state is not None:
-            self.model._resume_state = None  # type: ignore[attr-defined]
-            if self.model._num_timesteps_at_start > 0:  # learn(..., reset_num_timesteps=False): a continuation
-                restore_training_state(self.model, *resume_state)  # type: ignore[arg-type]
+        resume_pending_state(self.model)  # type: ignore[arg-type]  # SB3's algorithms (PaperDDPG has done it in _setup_learn)
         checkpoints = list_checkpoints(self.directory)
         self._last_saved = (_step_of(checkpoints[-1]) or 0) if checkpoints else 0
 
@@ -549,7 +511,7 @@ class CrashSafeCheckpointCallback(BaseCallback):
 
 
 def learn_with_checkpoints(
-    make_model: Callable[[], "PaperDDPG"],
+    make_model: Callable[[], OffPolicyAlgorithm],
     directory: str | os.PathLike,
     total_timesteps: int,
     save_freq: int,
@@ -559,7 +521,7 @@ def learn_with_checkpoints(
     env: GymEnv | None = None,
     device: th.device | str = "auto",
     algorithm_class: type[OffPolicyAlgorithm] | None = None,
-) -> "PaperDDPG":
+) -> OffPolicyAlgorithm:
     """
     Train for ``total_timesteps`` with crash-safe checkpoints, resuming from the newest complete checkpoint of
     ``directory`` when there is one. Run the same call again after a crash: it continues where the last checkpoint
@@ -575,8 +537,8 @@ def learn_with_checkpoints(
     :param log_interval: as in ``learn()``
     :param env: when resuming: ``None`` for the saved environment (exact), or an environment (see :func:`load_checkpoint`)
     :param device: device when resuming
-    :param algorithm_class: the class of ``make_model``'s model, to resume with (default
-        :class:`~sb3_ddpg_paper.PaperDDPG`; SB3's off-policy algorithms, e.g. ``TD3``, resume exactly too)
+    :param algorithm_class: the class to resume with (default: the one named in the checkpoint; SB3's off-policy
+        algorithms, e.g. ``TD3``, resume exactly too)
     :return: the trained model
     """
     checkpoint_callback = CrashSafeCheckpointCallback(directory, save_freq, keep_last)
@@ -588,7 +550,7 @@ def learn_with_checkpoints(
         reset_num_timesteps = True
     remaining = total_timesteps - model.num_timesteps
     if remaining <= 0:
-        model._resume_state = None
+        model.__dict__.pop("_resume_state", None)
         return model
     callbacks = [checkpoint_callback] if callback is None else [checkpoint_callback, callback]
     # learn(n, reset_num_timesteps=False) runs n MORE steps: the schedule's total stays total_timesteps
@@ -599,56 +561,3 @@ def learn_with_checkpoints(
         reset_num_timesteps=reset_num_timesteps,
     )
     return model
-
-
-# ---------------------------------------------------------------------------------------------------- saved-model checks
-@contextlib.contextmanager
-def _open_zip(path: str | os.PathLike) -> Iterator[zipfile.ZipFile]:
-    try:
-        with zipfile.ZipFile(path) as archive:
-            yield archive
-    except zipfile.BadZipFile as error:
-        raise ValueError(
-            f"{path} is not a complete zip file ({error}): truncated or corrupted. PaperDDPG.load accepts the zip "
-            "written by PaperDDPG.save."
-        ) from error
-
-
-def check_saved_model(path: str | os.PathLike, algorithm_name: str = "PaperDDPG") -> None:
-    """
-    Check, without unpickling anything, that ``path`` is a complete, uncorrupted zip saved by ``PaperDDPG.save``:
-    every member's CRC, the presence of the model's data and parameters, and that the saved policy is a
-    ``PaperDDPGPolicy`` (not another algorithm's).
-
-    :raises ValueError: naming what is wrong
-    """
-    with _open_zip(path) as archive:
-        try:
-            bad = archive.testzip()
-        except (zipfile.BadZipFile, OSError, EOFError) as error:
-            bad = f"? ({error})"
-        if bad is not None:
-            raise ValueError(
-                f"{path} is corrupted: member {bad} fails its CRC check. PaperDDPG.load accepts the zip written by "
-                "PaperDDPG.save."
-            )
-        names = set(archive.namelist())
-        missing = {"data", "policy.pth"} - names
-        if missing:
-            raise ValueError(
-                f"{path} is not a complete saved model: it lacks {sorted(missing)} (the file is truncated or corrupted, "
-                "or was not written by PaperDDPG.save)."
-            )
-        try:
-            data = json.loads(archive.read("data"))
-        except ValueError as error:
-            raise ValueError(f"{path}: the 'data' entry is not valid JSON ({error}).") from error
-    policy_class = data.get("policy_class") if isinstance(data, dict) else None
-    module = policy_class.get("__module__", "?") if isinstance(policy_class, dict) else "?"
-    if "qf_learning_rate" not in data or not str(module).startswith("sb3_ddpg_paper"):
-        name = str(policy_class.get(":type:", "")) if isinstance(policy_class, dict) else ""
-        raise ValueError(
-            f"{path} was not saved by {algorithm_name}: its policy class comes from {module!r} {name}. "
-            f"{algorithm_name}.load accepts files written by {algorithm_name}.save; load other algorithms' files with "
-            "their own class (e.g. stable_baselines3.TD3.load)."
-        )

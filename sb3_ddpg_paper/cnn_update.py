@@ -41,7 +41,7 @@ from stable_baselines3.common.preprocessing import is_image_space
 from torch import nn
 from torch.nn import functional as F
 
-from sb3_ddpg_paper.fast_paths import apply_gradients, raise_malloc_thresholds
+from sb3_ddpg_paper.fast_paths import raise_malloc_thresholds
 from sb3_ddpg_paper.mlp_update import (
     _backward,
     _batch_norm_backward,
@@ -51,9 +51,10 @@ from sb3_ddpg_paper.mlp_update import (
     _relu_backward,
     _Saved,
 )
+from sb3_ddpg_paper.torch_compat import ATEN, apply_gradients
 from sb3_ddpg_paper.torch_layers import BatchNorm2d, PaperCNN
 
-_convolution_backward = th.ops.aten.convolution_backward
+_convolution_backward = ATEN.convolution_backward
 
 _BATCH_NORMS_2D = (nn.BatchNorm2d, BatchNorm2d)  # exact types: a subclass may change forward()
 # The towers' activations are channels last (N, H, W, C in memory): oneDNN's convolutions and PyTorch's batch norm

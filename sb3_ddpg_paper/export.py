@@ -41,7 +41,7 @@ from stable_baselines3.common.preprocessing import get_action_dim
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, CombinedExtractor, FlattenExtractor, NatureCNN
 from torch import nn
 
-from sb3_ddpg_paper.checkpoints import atomic_write
+from sb3_ddpg_paper.files import atomic_write
 from sb3_ddpg_paper.policies import Actor, Critic, PaperDDPGPolicy
 from sb3_ddpg_paper.torch_layers import PaperCNN
 

@@ -1,21 +1,16 @@
 """
 Speed helpers of PaperDDPG's hot path (see docs/speed.md for what each one buys, measured).
 
-None of them changes a number of the algorithm: the replay sampling makes the same random draws and returns the same
-arrays as SB3's ``ReplayBuffer.sample``; fused Adam is Adam; flushing denormal floats only changes values smaller
-than 1.2e-38 (to zero).
+None of them changes a number of the algorithm: fused Adam is Adam; flushing denormal floats only changes values
+smaller than 1.2e-38 (to zero); the malloc thresholds change where freed memory goes. The calls into PyTorch's
+private API are in :mod:`sb3_ddpg_paper.torch_compat`.
 """
 
 import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import torch as th
-from stable_baselines3.common.buffers import ReplayBuffer
-from stable_baselines3.common.type_aliases import ReplayBufferSamples
-from stable_baselines3.common.vec_env import VecNormalize
-from torch.optim import optimizer as optim_hooks
 
 # ----------------------------------------------------------------------------- denormal floats
 # With the paper's critic weight decay, the weights of dead ReLU units of the critic's layer after the action input
@@ -30,7 +25,7 @@ def denormals_are_flushed() -> bool:
 
 
 @contextlib.contextmanager
-def flushed_denormals(enabled: bool, flushed_outside: bool) -> Iterator[None]:
+def flushed_denormals(enabled: bool, flushed_outside: bool | None = None) -> Iterator[None]:
     """
     Within the context, the calling thread flushes denormal floats to zero; on exit the previous mode is restored.
 
@@ -38,9 +33,12 @@ def flushed_denormals(enabled: bool, flushed_outside: bool) -> Iterator[None]:
     on it included), on x86 CPUs with SSE3 and on ARM; elsewhere it is a no-op.
 
     :param enabled: whether to flush at all (``False``: the context does nothing)
-    :param flushed_outside: whether the thread already flushes (then there is nothing to set or restore); probed
-        once by the caller with :func:`denormals_are_flushed` (the probe costs more than the switch)
+    :param flushed_outside: whether the thread already flushes (then there is nothing to set or restore), as probed
+        once by the caller with :func:`denormals_are_flushed` (the probe costs more than the switch); ``None``: probed
+        here
     """
+    if enabled and flushed_outside is None:
+        flushed_outside = denormals_are_flushed()
     if not enabled or flushed_outside:
         yield
         return
@@ -99,119 +97,3 @@ def make_optimizer(
         except (RuntimeError, ValueError, TypeError):  # e.g. torch < 2.4 has no fused Adam on CPU
             pass
     return optimizer_class(params, lr=lr, **optimizer_kwargs)  # type: ignore[call-arg]
-
-
-_FUSED_KERNELS = {False: th._fused_adam_, True: th._fused_adamw_}
-
-
-def _direct_fused_adam(optimizer: th.optim.Optimizer) -> bool:
-    """
-    Whether ``optimizer.step()`` is exactly "add 1 to each step count, then one fused Adam/AdamW kernel per parameter
-    group": a fused ``Adam``/``AdamW`` (not a subclass) with plain options (no AMSGrad, maximize, capturable,
-    differentiable, tensor learning rate or betas, AMP gradient scaler), no step hooks, its own or global, and no
-    ``step`` replaced on the instance.
-    """
-    if type(optimizer) not in (th.optim.Adam, th.optim.AdamW) or "step" in vars(optimizer):
-        return False
-    if optimizer._optimizer_step_pre_hooks or optimizer._optimizer_step_post_hooks:
-        return False
-    if optim_hooks._global_optimizer_pre_hooks or optim_hooks._global_optimizer_post_hooks:
-        return False
-    if getattr(optimizer, "grad_scale", None) is not None or getattr(optimizer, "found_inf", None) is not None:
-        return False
-    return all(
-        group["fused"]
-        and not (group["amsgrad"] or group["maximize"] or group["capturable"] or group["differentiable"])
-        and isinstance(group["lr"], float)
-        and all(isinstance(beta, float) for beta in group["betas"])
-        for group in optimizer.param_groups
-    )
-
-
-def apply_gradients(optimizer: th.optim.Optimizer, grads: dict[th.Tensor, th.Tensor | None]) -> None:
-    """
-    One step of ``optimizer`` with the given gradients (parameter -> gradient; ``None``: no gradient, the parameter
-    is skipped as ``optimizer.step()`` skips it): the same as ``param.grad = grad`` for each, then ``optimizer.step()``.
-
-    For a fused Adam/AdamW with plain options whose state exists (after its first step), its fused kernel is called
-    directly with these gradients, exactly as ``Adam.step`` calls it (same kernel, same numbers): this skips the
-    ``zero_grad`` and the Python of ``step`` (its wrapper, state look-ups, regrouping by device; docs/speed.md).
-    Otherwise the gradients are set on the parameters and ``optimizer.step()`` runs.
-
-    :param optimizer: the optimizer of these parameters
-    :param grads: gradient of every parameter of ``optimizer`` (a parameter missing from it counts as ``None``)
-    """
-    if _direct_fused_adam(optimizer):
-        state = optimizer.state
-        calls: list[tuple[dict[str, Any], list[th.Tensor], list[th.Tensor], list[dict[str, Any]]]] = []
-        for group in optimizer.param_groups:
-            params = [p for p in group["params"] if grads.get(p) is not None]
-            states = [state.get(p) or {} for p in params]
-            if not all(states):  # first step: let Adam initialise its state
-                break
-            calls.append((group, params, [grads[p] for p in params], states))  # type: ignore[misc]
-        else:
-            for group, params, param_grads, states in calls:
-                if not params:
-                    continue
-                steps = [s["step"] for s in states]
-                th._foreach_add_(steps, 1)
-                beta1, beta2 = group["betas"]
-                decoupled = group.get("decoupled_weight_decay", type(optimizer) is th.optim.AdamW)
-                _FUSED_KERNELS[bool(decoupled)](
-                    params,
-                    param_grads,
-                    [s["exp_avg"] for s in states],
-                    [s["exp_avg_sq"] for s in states],
-                    [],
-                    steps,
-                    amsgrad=False,
-                    lr=group["lr"],
-                    beta1=beta1,
-                    beta2=beta2,
-                    weight_decay=group["weight_decay"],
-                    eps=group["eps"],
-                    maximize=False,
-                    grad_scale=None,
-                    found_inf=None,
-                )
-            return
-    for group in optimizer.param_groups:
-        for param in group["params"]:
-            param.grad = grads.get(param)
-    optimizer.step()
-
-
-# ----------------------------------------------------------------------------- replay sampling
-def can_sample_fast(replay_buffer: Any, vec_normalize_env: VecNormalize | None) -> bool:
-    """
-    Whether :func:`sample_fast` reproduces ``replay_buffer.sample``: a plain ``ReplayBuffer`` (no subclass such as
-    HER or n-step, no ``sample`` replaced on the instance), ``optimize_memory_usage=False``, nothing to normalise.
-    """
-    return (
-        type(replay_buffer) is ReplayBuffer
-        and "sample" not in vars(replay_buffer)
-        and not replay_buffer.optimize_memory_usage
-        and vec_normalize_env is None
-    )
-
-
-def sample_fast(replay_buffer: ReplayBuffer, batch_size: int) -> ReplayBufferSamples:
-    """
-    SB3's ``ReplayBuffer.sample`` (stable-baselines3 2.9, ``optimize_memory_usage=False``, no ``VecNormalize``) with
-    the same calls to numpy's global random generator and the same arrays, minus its per-call overhead (five
-    ``th.tensor`` copies of arrays that fancy indexing has already copied, normalisation no-ops).
-    """
-    upper_bound = replay_buffer.buffer_size if replay_buffer.full else replay_buffer.pos
-    batch_inds = np.random.randint(0, upper_bound, size=batch_size)
-    env_inds = np.random.randint(0, high=replay_buffer.n_envs, size=(batch_size,))
-    # Only use dones that are not due to timeouts (time-limit truncations bootstrap)
-    dones = replay_buffer.dones[batch_inds, env_inds] * (1 - replay_buffer.timeouts[batch_inds, env_inds])
-    device = replay_buffer.device
-    return ReplayBufferSamples(
-        observations=th.as_tensor(replay_buffer.observations[batch_inds, env_inds, :], device=device),
-        actions=th.as_tensor(replay_buffer.actions[batch_inds, env_inds, :], device=device),
-        next_observations=th.as_tensor(replay_buffer.next_observations[batch_inds, env_inds, :], device=device),
-        dones=th.as_tensor(dones.reshape(-1, 1), device=device),
-        rewards=th.as_tensor(replay_buffer.rewards[batch_inds, env_inds].reshape(-1, 1), device=device),
-    )

@@ -7,7 +7,7 @@ graph, ``zero_grad`` and the optimizer's ``step`` wrapper cost about as much aga
 paper's batch of 64 on a CPU (docs/speed.md). :class:`MLPUpdate` runs the same kernels autograd would run: forward
 ``addmm`` and ``native_batch_norm``, backward ``grad_W = g^T x``, ``grad_b = sum(g)``, ``grad_x = g W``,
 ``native_batch_norm_backward`` and the ReLU and tanh derivatives, so the gradients are the same (sums may be rounded
-in another order), and hands them to the optimizers through :func:`~sb3_ddpg_paper.fast_paths.apply_gradients`. It also
+in another order), and hands them to the optimizers through :func:`~sb3_ddpg_paper.torch_compat.apply_gradients`. It also
 skips what autograd would compute for nothing: in the actor step, only the action's columns of the critic's action
 layer are back-propagated through, never the state's.
 
@@ -26,13 +26,14 @@ from typing import Any, NamedTuple
 import torch as th
 from torch import nn
 
-from sb3_ddpg_paper.fast_paths import apply_gradients
+from sb3_ddpg_paper.torch_compat import ATEN, apply_gradients
 from sb3_ddpg_paper.torch_layers import BatchNorm1d
 
-_relu_backward = th.ops.aten.threshold_backward
-_tanh_backward = th.ops.aten.tanh_backward
-_batch_norm = th.ops.aten.native_batch_norm
-_batch_norm_backward = th.ops.aten.native_batch_norm_backward
+# The kernels autograd runs for these layers (torch_compat: used only where they exist; else the update is autograd's)
+_relu_backward = ATEN.threshold_backward
+_tanh_backward = ATEN.tanh_backward
+_batch_norm = ATEN.native_batch_norm
+_batch_norm_backward = ATEN.native_batch_norm_backward
 
 _BATCH_NORMS = (nn.BatchNorm1d, BatchNorm1d)  # exact types: a subclass may change forward()
 _SUPPORTED = (nn.Linear, *_BATCH_NORMS, nn.ReLU, nn.Tanh)

@@ -36,7 +36,7 @@ def init_fan_in_uniform(module: nn.Module) -> None:
     """
     for layer in module.modules():
         if isinstance(layer, _WEIGHTED_LAYERS):
-            bound = 1.0 / math.sqrt(nn.init._calculate_correct_fan(layer.weight, "fan_in"))
+            bound = 1.0 / math.sqrt(layer.weight[0].numel())  # fan-in: inputs (x kernel size) per output unit
             nn.init.uniform_(layer.weight, -bound, bound)
             if layer.bias is not None:
                 nn.init.uniform_(layer.bias, -bound, bound)

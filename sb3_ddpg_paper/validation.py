@@ -5,6 +5,7 @@ Every check raises before anything is allocated or damaged, with a message that 
 accepted (docs/reliability.md).
 """
 
+import math
 from numbers import Integral, Real
 from typing import Any
 
@@ -220,3 +221,13 @@ def raise_if_non_finite(what: str, values: Any, num_timesteps: int, env_index: i
         "optimizers and replay buffer are as they were before it. PaperDDPG accepts only finite observations and "
         "rewards; SB3's VecCheckNan wrapper helps find where they come from."
     )
+
+
+def check_losses_finite(critic_loss: float, actor_loss: float, n_updates: int) -> None:
+    """Stop training when a loss is NaN or infinite, naming the optimisation as the cause (the data is checked)."""
+    if not (math.isfinite(critic_loss) and math.isfinite(actor_loss)):
+        raise ValueError(
+            f"The losses became non-finite (critic {critic_loss}, actor {actor_loss}) by update {n_updates}: training "
+            "diverged. The replay buffer holds finite data only (it is checked as it fills), so the cause is in the "
+            "optimisation: lower the learning rates, scale the rewards, or keep batch norm's batch size large enough."
+        )

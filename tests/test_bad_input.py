@@ -6,29 +6,13 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
+from conftest import SMALL, RandomEnv
 from gymnasium import spaces
 from stable_baselines3 import TD3
 from stable_baselines3.common.env_util import make_vec_env
 
 from sb3_ddpg_paper import PaperDDPG
 from sb3_ddpg_paper.checkpoints import CrashSafeCheckpointCallback, list_checkpoints, verify_checkpoint
-
-SMALL = dict(net_arch=[8, 8])
-
-
-class SpaceEnv(gym.Env):
-    """An environment with the given spaces, random observations and zero rewards."""
-
-    def __init__(self, observation_space: spaces.Space | None = None, action_space: spaces.Space | None = None):
-        self.observation_space = observation_space or spaces.Box(-1, 1, (3,))
-        self.action_space = action_space or spaces.Box(-1, 1, (1,))
-
-    def reset(self, seed=None, options=None):
-        super().reset(seed=seed)
-        return self.observation_space.sample(), {}
-
-    def step(self, action):
-        return self.observation_space.sample(), 0.0, False, False, {}
 
 
 class BadValueAt(gym.Wrapper):
@@ -77,12 +61,12 @@ def saved_model(tmp_path_factory):
 )
 def test_unsupported_action_space(action_space, match):
     with pytest.raises(ValueError, match=match):
-        PaperDDPG("MlpPolicy", SpaceEnv(action_space=action_space))
+        PaperDDPG("MlpPolicy", RandomEnv(action_space=action_space))
     with pytest.raises(ValueError, match=match):  # PaperDDPG(env) and set_env too
-        PaperDDPG(env=SpaceEnv(action_space=action_space))
-    model = small_model(SpaceEnv())
+        PaperDDPG(env=RandomEnv(action_space=action_space))
+    model = small_model(RandomEnv())
     with pytest.raises(ValueError, match=match):
-        model.set_env(SpaceEnv(action_space=action_space))
+        model.set_env(RandomEnv(action_space=action_space))
 
 
 # ---------------------------------------------------------------------------------------------------- observation spaces
@@ -98,7 +82,7 @@ def test_unsupported_action_space(action_space, match):
 )
 def test_unsupported_observation_space(observation_space):
     with pytest.raises(ValueError, match=r"cannot take observations from the space .* accepted are Box, Discrete"):
-        PaperDDPG("MlpPolicy", SpaceEnv(observation_space=observation_space))
+        PaperDDPG("MlpPolicy", RandomEnv(observation_space=observation_space))
 
 
 @pytest.mark.parametrize(
@@ -106,7 +90,7 @@ def test_unsupported_observation_space(observation_space):
 )
 def test_supported_observation_spaces_train(observation_space):
     model = PaperDDPG(
-        env=SpaceEnv(observation_space=observation_space),
+        env=RandomEnv(observation_space=observation_space),
         buffer_size=100,
         learning_starts=5,
         batch_size=4,
@@ -179,10 +163,10 @@ def test_predict_with_a_wrongly_shaped_observation(saved_model, shape):
 @pytest.mark.parametrize(
     ("env", "match"),
     [
-        (SpaceEnv(observation_space=spaces.Box(-1, 1, (4,))), "Observation spaces do not match"),
-        (SpaceEnv(observation_space=spaces.Box(-8, 8, (3,)), action_space=spaces.Box(-1, 1, (1,))), "Observation spaces"),
+        (RandomEnv(observation_space=spaces.Box(-1, 1, (4,))), "Observation spaces do not match"),
+        (RandomEnv(observation_space=spaces.Box(-8, 8, (3,)), action_space=spaces.Box(-1, 1, (1,))), "Observation spaces"),
         (
-            SpaceEnv(
+            RandomEnv(
                 observation_space=spaces.Box(np.array([-1, -1, -8]), np.array([1, 1, 8]), dtype=np.float32),
                 action_space=spaces.Box(-1, 1, (1,)),
             ),
@@ -272,7 +256,7 @@ def test_out_of_range_hyperparameters(kwargs, match, monkeypatch):
     built = []
     monkeypatch.setattr("sb3_ddpg_paper.ddpg.PaperDDPG._setup_model", lambda self: built.append(self))
     with pytest.raises(ValueError, match=match):
-        PaperDDPG("MlpPolicy", SpaceEnv(), **kwargs)
+        PaperDDPG("MlpPolicy", RandomEnv(), **kwargs)
     assert not built
 
 
@@ -286,7 +270,7 @@ def test_out_of_range_hyperparameters(kwargs, match, monkeypatch):
     ],
 )
 def test_numpy_scalars_are_valid_hyperparameters(kwargs):
-    model = PaperDDPG("MlpPolicy", SpaceEnv(), policy_kwargs=dict(net_arch=[8]), **{"buffer_size": 500, **kwargs})
+    model = PaperDDPG("MlpPolicy", RandomEnv(), policy_kwargs=dict(net_arch=[8]), **{"buffer_size": 500, **kwargs})
     for name, value in kwargs.items():
         stored = model.policy_kwargs[name] if name == "critic_weight_decay" else getattr(model, name)
         assert stored == pytest.approx(value.item()) and type(stored) in (int, float)

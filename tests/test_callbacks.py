@@ -2,12 +2,11 @@
 
 import numpy as np
 import pytest
+from conftest import SMALL
 from stable_baselines3.common.env_util import make_vec_env
 
 from sb3_ddpg_paper import PaperDDPG
 from sb3_ddpg_paper.callbacks import ExplorationComparisonCallback
-
-SMALL = dict(net_arch=[32, 32])
 
 
 def test_records_actor_and_noisy_actions_and_plots(tmp_path):

@@ -5,6 +5,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
+from conftest import SMALL
 from stable_baselines3 import HerReplayBuffer
 from stable_baselines3.common.buffers import NStepReplayBuffer
 from stable_baselines3.common.callbacks import CheckpointCallback, EvalCallback
@@ -17,8 +18,6 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 from torch.nn import functional as F
 
 from sb3_ddpg_paper import CnnPolicy, MlpPolicy, MultiInputPolicy, OrnsteinUhlenbeckNoise, PaperDDPG
-
-SMALL = dict(net_arch=[32, 32])
 
 
 class RecordingWriter(KVWriter):
@@ -120,38 +119,6 @@ def test_constructor_errors():
 def test_bad_hyperparameters(kwargs, match):
     with pytest.raises(ValueError, match=match):
         PaperDDPG("Pendulum-v1", **kwargs)
-
-
-class _SpaceEnv(gym.Env):
-    observation_space = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
-
-    def __init__(self, action_space):
-        self.action_space = action_space
-
-    def reset(self, *, seed=None, options=None):
-        return self.observation_space.sample(), {}
-
-    def step(self, action):
-        return self.observation_space.sample(), 0.0, False, False, {}
-
-
-@pytest.mark.parametrize(
-    "action_space, match",
-    [
-        (gym.spaces.Discrete(3), "continuous"),
-        (gym.spaces.MultiDiscrete([2, 3]), "continuous"),
-        (gym.spaces.MultiBinary(2), "continuous"),
-        (gym.spaces.Dict({"a": gym.spaces.Box(-1, 1, (1,))}), "continuous"),
-        (gym.spaces.Box(-np.inf, np.inf, (2,), np.float32), "finite action bounds"),
-        (gym.spaces.Box(np.array([-1.0, -np.inf]), np.array([1.0, 1.0]), dtype=np.float32), "finite action bounds"),
-    ],
-)
-def test_unsupported_action_spaces(action_space, match):
-    with pytest.raises(ValueError, match=match):
-        PaperDDPG(env=_SpaceEnv(action_space))
-    model = PaperDDPG("Pendulum-v1")
-    with pytest.raises(ValueError, match=match):
-        model.set_env(_SpaceEnv(action_space))
 
 
 # ----------------------------------------------------------------------------- Algorithm 1

@@ -6,6 +6,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
+from conftest import SMALL, RandomEnv
 from gymnasium import spaces
 from stable_baselines3 import TD3
 from stable_baselines3.common.env_util import make_vec_env
@@ -14,7 +15,8 @@ from stable_baselines3.common.noise import NormalActionNoise
 from sb3_ddpg_paper import OrnsteinUhlenbeckNoise, PaperDDPG
 from sb3_ddpg_paper.torch_layers import PaperCNN
 
-SMALL = dict(net_arch=[16, 16])
+IMAGES_36 = spaces.Box(0, 255, (3, 36, 36), np.uint8)
+UNBOUNDED = spaces.Box(-np.inf, np.inf, (1,), np.float32)
 
 
 class MatrixActionEnv(gym.Env):
@@ -99,35 +101,28 @@ def test_features_dim_of_cnn_policy_means_what_nature_cnn_does():
         PaperCNN(image, features_dim=0)
 
 
-class ImageEnv(gym.Env):
-    observation_space = spaces.Box(0, 255, (3, 36, 36), np.uint8)
-    action_space = spaces.Box(-1, 1, (1,), np.float32)
-
-    def reset(self, seed=None, options=None):
-        super().reset(seed=seed)
-        return self.observation_space.sample(), {}
-
-    def step(self, action):
-        return self.observation_space.sample(), float(action[0]), False, False, {}
-
-
 def test_cnn_policy_accepts_features_extractor_kwargs_features_dim():
     """The most common CnnPolicy knob of SB3 scripts and zoo files."""
     policy_kwargs = dict(net_arch=[8], features_extractor_kwargs=dict(features_dim=24))
-    model = PaperDDPG("CnnPolicy", ImageEnv(), buffer_size=100, learning_starts=8, batch_size=4, policy_kwargs=policy_kwargs)
+    model = PaperDDPG(
+        "CnnPolicy",
+        RandomEnv(IMAGES_36),
+        buffer_size=100,
+        learning_starts=8,
+        batch_size=4,
+        policy_kwargs=policy_kwargs,
+    )
     model.learn(16)
     assert model.actor.features_extractor.features_dim == 24 and model.critic.features_extractor.features_dim == 24
     assert model._n_updates == 8
 
 
-class UnboundedActionEnv(ImageEnv):
-    observation_space = spaces.Box(-1, 1, (3,), np.float32)
-    action_space = spaces.Box(-np.inf, np.inf, (1,), np.float32)
-
-
 @pytest.mark.parametrize(
     ("make_env", "match"),
-    [(lambda: gym.make("CartPole-v1"), "needs a continuous"), (UnboundedActionEnv, "needs finite action bounds")],
+    [
+        (lambda: gym.make("CartPole-v1"), "needs a continuous"),
+        (lambda: RandomEnv(action_space=UNBOUNDED), "needs finite action bounds"),
+    ],
 )
 def test_unsupported_action_space_is_both_a_value_error_and_an_assertion_error(make_env, match):
     from sb3_ddpg_paper import SpaceError
@@ -138,12 +133,10 @@ def test_unsupported_action_space_is_both_a_value_error_and_an_assertion_error(m
 
 
 def test_unsupported_observation_space_is_both_a_value_error_and_an_assertion_error():
-    class TupleObservationEnv(ImageEnv):
-        observation_space = spaces.Tuple((spaces.Box(-1, 1, (2,)), spaces.Discrete(3)))
-
+    tuple_observations = spaces.Tuple((spaces.Box(-1, 1, (2,)), spaces.Discrete(3)))
     for caught in (AssertionError, ValueError):
         with pytest.raises(caught, match="cannot take observations from the space"):
-            PaperDDPG("MlpPolicy", TupleObservationEnv())
+            PaperDDPG("MlpPolicy", RandomEnv(tuple_observations))
 
 
 def test_parameters_are_float_tensors_as_in_sb3():
@@ -206,10 +199,8 @@ def test_predict_refuses_non_finite_observations_and_names_them(bad):
 
 
 def test_predict_refuses_non_finite_dict_observations():
-    class DictEnv(ImageEnv):
-        observation_space = spaces.Dict({"a": spaces.Box(-1, 1, (2,)), "b": spaces.Box(-1, 1, (3,))})
-
-    model = PaperDDPG("MultiInputPolicy", DictEnv(), buffer_size=100, policy_kwargs=SMALL)
+    dict_observations = spaces.Dict({"a": spaces.Box(-1, 1, (2,)), "b": spaces.Box(-1, 1, (3,))})
+    model = PaperDDPG("MultiInputPolicy", RandomEnv(dict_observations), buffer_size=100, policy_kwargs=SMALL)
     with pytest.raises(ValueError, match=r"key 'b', index \[2\]"):
         model.predict({"a": np.zeros(2, np.float32), "b": np.array([0, 0, np.nan], np.float32)})
 

@@ -3,10 +3,10 @@
 import json
 import pickle
 
-import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
+from conftest import RandomEnv
 from gymnasium import spaces
 from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
@@ -15,18 +15,8 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, NatureC
 from sb3_ddpg_paper import PaperDDPG
 from sb3_ddpg_paper.export import ExportError, _digest, export_policy, load_exported_policy
 
-
-class RandomEnv(gym.Env):
-    def __init__(self, observation_space: spaces.Space):
-        self.observation_space = observation_space
-        self.action_space = spaces.Box(np.array([-2.0, 0.0], dtype=np.float32), np.array([2.0, 5.0], dtype=np.float32))
-
-    def reset(self, seed=None, options=None):
-        super().reset(seed=seed)
-        return self.observation_space.sample(), {}
-
-    def step(self, action):
-        return self.observation_space.sample(), float(np.sum(action)), False, False, {}
+# Asymmetric bounds: the export must rescale actions as the policy does
+ACTIONS = spaces.Box(np.array([-2.0, 0.0], dtype=np.float32), np.array([2.0, 5.0], dtype=np.float32))
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +82,7 @@ POLICIES = {  # every policy type, with default and non-default features-extract
 @pytest.mark.parametrize("kind", POLICIES)
 def test_every_policy_type_exports_exactly(tmp_path, kind, include_critic):
     observation_space, policy_kwargs = POLICIES[kind]
-    model = PaperDDPG(env=RandomEnv(observation_space), buffer_size=100, learning_starts=8, batch_size=4,
+    model = PaperDDPG(env=RandomEnv(observation_space, ACTIONS), buffer_size=100, learning_starts=8, batch_size=4,
                       policy_kwargs=policy_kwargs, seed=0).learn(16)  # fmt: skip
     export_policy(model, tmp_path / "p.safetensors", include_critic=include_critic)
     policy = load_exported_policy(tmp_path / "p.safetensors")

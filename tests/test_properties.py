@@ -3,10 +3,10 @@
 import itertools
 import math
 
-import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
+from conftest import RandomEnv
 from gymnasium import spaces
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -17,6 +17,8 @@ FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthChe
 
 positive = st.floats(min_value=1e-3, max_value=10.0, allow_nan=False)
 unit = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)
+
+ACTIONS_2 = spaces.Box(-1, 1, (2,), np.float32)
 
 
 # ---------------------------------------------------------------------------------------------------- noise
@@ -134,21 +136,9 @@ def test_soft_update_primitive_is_a_convex_combination(target, online, tau):
         assert th.equal(updated[0], target_t)
 
 
-class RandomEnv(gym.Env):
-    observation_space = spaces.Box(-1, 1, (3,))
-    action_space = spaces.Box(-1, 1, (2,))
-
-    def reset(self, seed=None, options=None):
-        super().reset(seed=seed)
-        return self.observation_space.sample(), {}
-
-    def step(self, action):
-        return self.observation_space.sample(), float(self.np_random.normal()), False, False, {}
-
-
 @pytest.fixture(scope="module")
 def filled_model() -> PaperDDPG:
-    model = PaperDDPG("MlpPolicy", RandomEnv(), buffer_size=200, learning_starts=100, batch_size=8,
+    model = PaperDDPG("MlpPolicy", RandomEnv(action_space=ACTIONS_2), buffer_size=200, learning_starts=100, batch_size=8,
                       policy_kwargs=dict(net_arch=[8, 8]), seed=0)  # fmt: skip
     model.learn(60)  # fills the buffer, no update yet
     return model
@@ -177,7 +167,7 @@ def test_algorithm_soft_update_moves_targets_tau_of_the_way(filled_model, tau):
 
 # ---------------------------------------------------------------------------------------------------- validation
 def build(**kwargs) -> PaperDDPG:
-    return PaperDDPG("MlpPolicy", RandomEnv(), _init_setup_model=False, **kwargs)
+    return PaperDDPG("MlpPolicy", RandomEnv(action_space=ACTIONS_2), _init_setup_model=False, **kwargs)
 
 
 @FAST

@@ -24,13 +24,13 @@ from sb3_ddpg_paper.checkpoints import (
     MANIFEST_NAME,
     CheckpointError,
     CrashSafeCheckpointCallback,
-    atomic_write,
     latest_checkpoint,
     learn_with_checkpoints,
     list_checkpoints,
     load_checkpoint,
     verify_checkpoint,
 )
+from sb3_ddpg_paper.files import atomic_write
 
 TOTAL = 300
 SAVE_FREQ = 25

@@ -13,19 +13,19 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
+from conftest import SMALL, RandomImageEnv
 from stable_baselines3 import TD3
-from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.envs import BitFlippingEnv
 from stable_baselines3.common.vec_env import VecNormalize
 from torch import nn
 
 from sb3_ddpg_paper import PaperDDPG
-from sb3_ddpg_paper.fast_paths import apply_gradients, can_sample_fast, denormals_are_flushed, sample_fast
+from sb3_ddpg_paper.fast_paths import denormals_are_flushed
 from sb3_ddpg_paper.mlp_update import MLPUpdate
 from sb3_ddpg_paper.policies import PaperDDPGPolicy
+from sb3_ddpg_paper.torch_compat import apply_gradients
 
-SMALL = dict(net_arch=[16, 12])
 TAU, GAMMA, ACTOR_LR, CRITIC_LR, WEIGHT_DECAY = 0.05, 0.99, 1e-3, 2e-3, 1e-2
 
 
@@ -196,7 +196,7 @@ def assert_same_networks(model: PaperDDPG, reference: ReferenceDDPG, n_steps: in
 def test_optimised_train_matches_reference_algorithm_1(batch_norm, action_layer, mlp_update):
     model = filled_model(batch_norm, action_layer, mlp_update=mlp_update)
     # Both update paths, the hand-written passes (default) and autograd, are checked against the reference
-    assert (model._mlp_update is not None) == mlp_update
+    assert isinstance(model.gradient_step, MLPUpdate) == mlp_update
     reference = ReferenceDDPG(model)
     initial_weight = next(model.actor.parameters()).clone()
     # Several steps, in two train() calls, on the same batches: numpy's global generator drives both samplers
@@ -234,70 +234,26 @@ def test_optimised_train_matches_reference_after_learning_starts(batch_norm, mlp
     assert_same_networks(model, reference, n_steps=5)
 
 
-# ----------------------------------------------------------------------------- lean sampling
-def test_lean_sampling_returns_what_sb3_samples():
-    model = filled_model(batch_norm=False, n_envs=3)
-    buffer = model.replay_buffer
-    buffer.timeouts[::5] = 1.0  # truncations at true terminals too: those must not mask the bootstrap
-    assert can_sample_fast(buffer, None)
-    for seed in range(3):
-        np.random.seed(seed)
-        ours = sample_fast(buffer, 64)
-        np.random.seed(seed)
-        theirs = buffer.sample(64)
-        for field in ("observations", "actions", "next_observations", "dones", "rewards"):
-            a, b = getattr(ours, field), getattr(theirs, field)
-            assert a.dtype == b.dtype and a.shape == b.shape and a.device == b.device
-            assert th.equal(a, b), field
-        assert ours.discounts is None
-    # Same number of draws from the global generator: what follows is unchanged too
-    np.random.seed(0)
-    sample_fast(buffer, 64)
-    after_ours = np.random.randint(1 << 30)
-    np.random.seed(0)
-    buffer.sample(64)
-    assert np.random.randint(1 << 30) == after_ours
-
-
-def test_special_buffers_use_their_own_sampling():
-    env = make_vec_env("Pendulum-v1", n_envs=1)
-    assert not can_sample_fast(PaperDDPG("MlpPolicy", env, n_steps=3).replay_buffer, None)
-    memory_efficient = PaperDDPG(
-        "MlpPolicy",
-        env,
-        buffer_size=1000,
-        optimize_memory_usage=True,
-        replay_buffer_kwargs=dict(handle_timeout_termination=False),
-    )
-    assert not can_sample_fast(memory_efficient.replay_buffer, None)
-    normalized = VecNormalize(make_vec_env("Pendulum-v1", n_envs=1))
-    model = PaperDDPG("MlpPolicy", normalized)
-    assert not can_sample_fast(model.replay_buffer, model._vec_normalize_env)
-    buffer = ReplayBuffer(100, env.observation_space, env.action_space)
-    assert can_sample_fast(buffer, None)
-    buffer.sample = lambda *args, **kwargs: None  # type: ignore[method-assign]
-    assert not can_sample_fast(buffer, None)
-
-    class MyBuffer(ReplayBuffer):
-        pass
-
-    assert not can_sample_fast(MyBuffer(100, env.observation_space, env.action_space), None)
-
-
+# ----------------------------------------------------------------------------- replay sampling
 def test_vec_normalize_training_still_normalises():
     env = VecNormalize(make_vec_env("Pendulum-v1", n_envs=1))
     model = PaperDDPG("MlpPolicy", env, learning_starts=100, policy_kwargs=SMALL)
     model.learn(120)
     np.random.seed(0)
-    batch = model._sample_replay(16)
+    batch = model.replay_buffer.sample(16, env=model._vec_normalize_env)
     np.random.seed(0)
     raw = model.replay_buffer.sample(16)  # without the env: unnormalised
     assert not th.allclose(batch.observations, raw.observations)
+    seen = []
+    sample = model.replay_buffer.sample
+    model.replay_buffer.sample = lambda *args, **kwargs: seen.append(kwargs.get("env")) or sample(*args, **kwargs)
+    model.train(gradient_steps=1, batch_size=16)
+    assert seen == [model._vec_normalize_env]  # train() samples normalised batches
 
 
-# ----------------------------------------------------------------------------- lean predict
+# ----------------------------------------------------------------------------- predict
 @pytest.mark.parametrize("batch_norm", [True, False])
-def test_predict_matches_sb3_policy_predict(batch_norm):
+def test_predict_is_sb3_policy_predict_with_running_statistics(batch_norm):
     model = PaperDDPG("HalfCheetah-v5", policy_kwargs=dict(net_arch=[16, 12], batch_norm=batch_norm), seed=1)
     with th.no_grad():  # non-trivial batch-norm running statistics: predict must use them (eval mode)
         for layer in model.actor.modules():
@@ -305,16 +261,17 @@ def test_predict_matches_sb3_policy_predict(batch_norm):
                 layer.running_mean.uniform_(-1, 1)
                 layer.running_var.uniform_(0.5, 2)
     model.policy.set_training_mode(True)
-    single = model.observation_space.sample()  # float64, as HalfCheetah's observations are
+    single = model.observation_space.sample()
     batch = np.stack([model.observation_space.sample() for _ in range(5)])
-    for observation in (single, batch, single.astype(np.float32)):
+    for observation in (single, batch):
         ours, state = model.predict(observation, state=None)
-        theirs, _ = model.policy.predict(observation)
-        assert state is None and ours.shape == theirs.shape and ours.dtype == theirs.dtype
-        np.testing.assert_array_equal(ours, theirs)
+        model.policy.set_training_mode(False)
+        with th.no_grad():
+            obs = th.as_tensor(observation.reshape(-1, *model.observation_space.shape), dtype=th.float32)
+            expected = model.policy.unscale_action(model.actor(obs).numpy()).reshape(ours.shape)
+        assert state is None
+        np.testing.assert_allclose(ours, expected, rtol=1e-6)
     assert not model.policy.training
-    with pytest.raises(ValueError, match="observation"):
-        model.predict(np.zeros(4))  # wrong shape: SB3's explanatory error
 
 
 def test_predict_dict_observations_falls_back_to_sb3():
@@ -377,7 +334,7 @@ def test_mlp_update_matches_autograd_update(env_id, action_layer, batch_norm, ta
             mlp_update=mlp_update,
             seed=3,
         )
-        assert (model._mlp_update is not None) == mlp_update
+        assert isinstance(model.gradient_step, MLPUpdate) == mlp_update
         model.learn(200)
         np.random.seed(7)
         model.train(gradient_steps=30, batch_size=64)
@@ -418,7 +375,7 @@ def test_mlp_update_only_for_fully_connected_networks():
         PaperDDPG("Pendulum-v1", policy_kwargs=dict(batch_norm=False), mlp_update=False),
     ]
     for model in others:
-        assert model._mlp_update is None
+        assert not isinstance(model.gradient_step, MLPUpdate)
     # SB3's TD3 with this package's policy: two critics
     td3 = TD3(PaperDDPGPolicy, "Pendulum-v1", policy_kwargs=dict(batch_norm=False, n_critics=2))
     assert MLPUpdate.for_policy(td3.policy) is None
@@ -433,7 +390,7 @@ def test_mlp_update_survives_save_and_load(tmp_path):
     model.learn(60)
     model.save(tmp_path / "model.zip")
     loaded = PaperDDPG.load(tmp_path / "model.zip", env=gym.make("Pendulum-v1"))
-    assert loaded._mlp_update is not None and loaded._mlp_update.actor[1] is loaded.actor.mu[1]
+    assert isinstance(loaded.gradient_step, MLPUpdate) and loaded.gradient_step.actor[1] is loaded.actor.mu[1]
     loaded.learn(20, reset_num_timesteps=False)
     assert loaded.critic.optimizer.state_dict()["state"][0]["step"] == 30
 
@@ -477,24 +434,9 @@ from stable_baselines3.common.torch_layers import NatureCNN  # noqa: E402
 
 from sb3_ddpg_paper import PaperCNN  # noqa: E402
 from sb3_ddpg_paper.cnn_update import CNNUpdate  # noqa: E402
+from sb3_ddpg_paper.update import AutogradStep  # noqa: E402
 
 PIXEL_SMALL = dict(net_arch=[32, 24], features_extractor_kwargs=dict(filters=8))
-
-
-class RandomImageEnv(gym.Env):
-    """9x64x64 uint8 images of random texture (every pixel varies over a batch), a reward that depends on the action."""
-
-    def __init__(self):
-        self.observation_space = gym.spaces.Box(0, 255, (9, 64, 64), np.uint8)
-        self.action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
-
-    def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        return self.np_random.integers(0, 256, (9, 64, 64), dtype=np.uint8), {}
-
-    def step(self, action):
-        observation = self.np_random.integers(0, 256, (9, 64, 64), dtype=np.uint8)
-        return observation, float(-np.square(action).sum() + observation[0, 0, 0] / 255), False, False, {}
 
 
 def filled_pixel_model(cnn_update: bool = True, device: str = "cpu", **policy_kwargs) -> PaperDDPG:
@@ -581,7 +523,7 @@ def assert_same_pixel_networks(model: PaperDDPG, other, n_steps: int, rtol: floa
 def test_cnn_update_matches_reference_algorithm_1(batch_norm, action_layer, cnn_update):
     """The pixel networks' step, hand-written (default) or autograd, against Algorithm 1 written out with autograd."""
     model = filled_pixel_model(cnn_update, batch_norm=batch_norm, action_layer=action_layer)
-    assert (model._cnn_update is not None) == cnn_update and model._mlp_update is None
+    assert isinstance(model.gradient_step, CNNUpdate) == cnn_update
     reference = ReferenceCnnDDPG(model)
     initial = {name: p.clone() for name, p in model.policy.named_parameters()}
     np.random.seed(123)
@@ -617,7 +559,7 @@ def test_cnn_update_matches_autograd_in_other_configurations(policy_kwargs):
     models = []
     for cnn_update in (True, False):
         model = filled_pixel_model(cnn_update, **policy_kwargs)
-        assert (model._cnn_update is not None) == cnn_update
+        assert isinstance(model.gradient_step, CNNUpdate) == cnn_update
         np.random.seed(7)
         model.train(gradient_steps=6, batch_size=16)
         models.append(model)
@@ -630,7 +572,7 @@ def test_cnn_update_matches_autograd_in_other_configurations(policy_kwargs):
 def test_cnn_update_matches_reference_through_learn(device):
     """Acting, storing and updating interleaved (one update per env step), on every device."""
     model = filled_pixel_model(device=device)
-    assert model._cnn_update is not None
+    assert isinstance(model.gradient_step, CNNUpdate)
     model.action_noise = None
     reference = ReferenceCnnDDPG(model)
     for _ in range(4):
@@ -662,7 +604,7 @@ def test_cnn_update_is_as_close_to_autograd_as_autograd_in_another_memory_layout
         else:
             model = PaperDDPG(env_id, buffer_size=300, learning_starts=100, seed=1, cnn_update=variant == "cnn_update")
             model.learn(100)
-        assert (model._cnn_update is not None) == (variant == "cnn_update")
+        assert isinstance(model.gradient_step, CNNUpdate) == (variant == "cnn_update")
         if variant == "autograd, channels last":
             model.policy.to(memory_format=th.channels_last)
         np.random.seed(5)
@@ -687,7 +629,7 @@ def test_cnn_update_is_as_close_to_autograd_as_autograd_in_another_memory_layout
 
 def test_cnn_update_only_for_the_supported_pixel_networks():
     env = RandomImageEnv()
-    assert PaperDDPG("CnnPolicy", env, buffer_size=100, policy_kwargs=PIXEL_SMALL)._cnn_update is not None
+    assert isinstance(PaperDDPG("CnnPolicy", env, buffer_size=100, policy_kwargs=PIXEL_SMALL).gradient_step, CNNUpdate)
     others = [
         PaperDDPG("CnnPolicy", env, buffer_size=100, policy_kwargs=PIXEL_SMALL, cnn_update=False),
         PaperDDPG("CnnPolicy", env, buffer_size=100, policy_kwargs=dict(PIXEL_SMALL, share_features_extractor=True)),
@@ -697,7 +639,7 @@ def test_cnn_update_only_for_the_supported_pixel_networks():
         PaperDDPG("CnnPolicy", env, buffer_size=100, policy_kwargs=dict(PIXEL_SMALL, activation_fn=nn.Tanh)),
     ]
     for model in others:
-        assert model._cnn_update is None and model._mlp_update is None
+        assert isinstance(model.gradient_step, AutogradStep)
     assert CNNUpdate.for_policy(PaperDDPG("Pendulum-v1").policy) is None  # and MLPs keep their own update
     td3 = TD3(
         PaperDDPGPolicy, env, buffer_size=100, policy_kwargs=dict(PIXEL_SMALL, n_critics=2, features_extractor_class=PaperCNN)
@@ -715,9 +657,11 @@ def test_cnn_update_survives_save_and_load(tmp_path):
     model.save(tmp_path / "model.zip")
     loaded = PaperDDPG.load(tmp_path / "model.zip", env=make_vec_env(RandomImageEnv, n_envs=2), buffer_size=500)
     assert (
-        loaded._cnn_update is not None and loaded._cnn_update.actor.tower.layers[0] is loaded.actor.features_extractor.cnn[1]
+        isinstance(loaded.gradient_step, CNNUpdate)
+        and loaded.gradient_step.actor.tower.layers[0] is loaded.actor.features_extractor.cnn[1]
     )
-    assert PaperDDPG.load(tmp_path / "model.zip", buffer_size=500, cnn_update=False)._cnn_update is None
+    autograd = PaperDDPG.load(tmp_path / "model.zip", buffer_size=500, cnn_update=False)
+    assert isinstance(autograd.gradient_step, AutogradStep)
     loaded.learning_starts = 0
     loaded.learn(4, reset_num_timesteps=False)
     assert loaded._n_updates > 2 and loaded.critic.optimizer.state_dict()["state"][0]["step"] == loaded._n_updates
