@@ -257,6 +257,29 @@ def test_truncation_mid_repeat_counts_simulation_steps():
     assert info["action_repeats"] == 1 and reward == 4 and frame_values(obs) == [40, 40, 40]
 
 
+def test_pendulum_reads_its_arrow_image_once_and_renders_the_same(monkeypatch):
+    import pygame
+
+    from sb3_ddpg_paper.envs.pixels import PAPER_ACTION_REPEAT
+
+    loads = []
+    load = pygame.image.load
+    monkeypatch.setattr(pygame.image, "load", lambda file, *args: loads.append(file) or load(file, *args))
+    monkeypatch.setattr("sb3_ddpg_paper.envs.pixels._LOADED_IMAGES", {})
+    cached, plain = make_pixel_env("Pendulum-v1"), make_pixel_env("Pendulum-v1")
+    plain.cache_images = False
+    assert cached.cache_images
+    for env in (cached, plain):
+        env.reset(seed=3)
+    for action in (-2.0, 0.5, 2.0, -0.1, 1.3):  # the arrow's size and direction follow the action
+        obs_cached = cached.step(np.array([action], np.float32))[0]
+        obs_plain = plain.step(np.array([action], np.float32))[0]
+        np.testing.assert_array_equal(obs_cached, obs_plain)
+    renders = 1 + 5 * PAPER_ACTION_REPEAT  # reset, then 3 renders per step
+    assert len(loads) == 1 + renders  # cached: at the first render only; plain: at every render
+    assert pygame.image.load is not load and pygame.image.load.__name__ == "<lambda>"  # the cache is undone after it
+
+
 def test_pixel_observation_validates_its_input():
     with pytest.raises(ValueError, match="render_mode='rgb_array'"):
         PixelObservation(CountingEnv(render_mode=None))

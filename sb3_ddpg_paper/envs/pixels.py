@@ -4,9 +4,11 @@ simulation (action repeat 3), rendering each time; the observation is the 3 RGB 
 i.e. 9 input channels" (paraphrased). Works with any Gymnasium environment made with ``render_mode="rgb_array"``.
 """
 
+import contextlib
 import os
 import sys
 import warnings
+from collections.abc import Iterator
 from typing import Any, SupportsFloat
 
 import gymnasium as gym
@@ -32,10 +34,22 @@ class PixelObservation(gym.Wrapper[np.ndarray, np.ndarray, Any, Any], gym.utils.
     :param env: an environment made with ``render_mode="rgb_array"``
     :param action_repeat: simulation steps (and renders) per agent step (paper: 3)
     :param image_size: side of the square observation images in pixels (paper: 64)
+    :param cache_images: while rendering, ``pygame.image.load`` returns the image it loaded before from the same file
+        instead of reading it again (Gymnasium's Pendulum-v1 reads its arrow image from disk at every render: 2.5 of
+        its 3 ms per agent step, ``benchmarks/results/pixels_breakdown.txt``). For environments that do not modify
+        the images they load; the renders are the same
     """
 
-    def __init__(self, env: gym.Env, action_repeat: int = PAPER_ACTION_REPEAT, image_size: int = PAPER_IMAGE_SIZE):
-        gym.utils.RecordConstructorArgs.__init__(self, action_repeat=action_repeat, image_size=image_size)
+    def __init__(
+        self,
+        env: gym.Env,
+        action_repeat: int = PAPER_ACTION_REPEAT,
+        image_size: int = PAPER_IMAGE_SIZE,
+        cache_images: bool = False,
+    ):
+        gym.utils.RecordConstructorArgs.__init__(
+            self, action_repeat=action_repeat, image_size=image_size, cache_images=cache_images
+        )
         super().__init__(env)
         if env.render_mode != "rgb_array":
             raise ValueError(
@@ -47,13 +61,15 @@ class PixelObservation(gym.Wrapper[np.ndarray, np.ndarray, Any, Any], gym.utils.
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
         self.action_repeat = int(action_repeat)
         self.image_size = int(image_size)
+        self.cache_images = cache_images
         self.observation_space = spaces.Box(
             low=0, high=255, shape=(3 * self.action_repeat, self.image_size, self.image_size), dtype=np.uint8
         )
 
     def render_frame(self) -> np.ndarray:
         """One render of the environment as a ``(3, size, size)`` uint8 array."""
-        frame = self.env.render()
+        with _images_loaded_once() if self.cache_images else contextlib.nullcontext():
+            frame = self.env.render()
         if not isinstance(frame, np.ndarray) or frame.ndim != 3 or frame.shape[2] < 3:
             raise ValueError(
                 f"render() of {self.env} returned {type(frame).__name__} "
@@ -92,6 +108,33 @@ class PixelObservation(gym.Wrapper[np.ndarray, np.ndarray, Any, Any], gym.utils.
         return self._stack(frames), total_reward, terminated, truncated, info
 
 
+_LOADED_IMAGES: dict[Any, Any] = {}  # file name -> pygame Surface, for _images_loaded_once
+
+
+@contextlib.contextmanager
+def _images_loaded_once() -> Iterator[None]:
+    """Within the context, ``pygame.image.load(file)`` of a file name returns the surface loaded the first time."""
+    pygame = sys.modules.get("pygame")
+    if pygame is None:  # the environment imports pygame at its first render
+        yield
+        return
+    load = pygame.image.load
+
+    def load_once(file: Any, *args: Any) -> Any:
+        if not isinstance(file, str | os.PathLike) or args:
+            return load(file, *args)
+        key = os.fspath(file)
+        if key not in _LOADED_IMAGES:
+            _LOADED_IMAGES[key] = load(file)
+        return _LOADED_IMAGES[key]
+
+    pygame.image.load = load_once
+    try:
+        yield
+    finally:
+        pygame.image.load = load
+
+
 def _is_mujoco(env_id: str) -> bool:
     spec = gym.spec(env_id)
     return isinstance(spec.entry_point, str) and spec.entry_point.startswith("gymnasium.envs.mujoco")
@@ -112,15 +155,17 @@ def make_pixel_env(
     67 agent steps).
 
     MuJoCo environments render directly at ``image_size`` (no resize). With ``fast_render``, MuJoCo renders have no
-    shadows, reflections or skybox (the costly parts of software rendering on a CPU), and environments that draw on a
-    square ``screen_dim`` canvas (Pendulum-v1) draw at ``image_size`` instead of 500x500 and resizing. Other
+    shadows, reflections or skybox (the costly parts of software rendering on a CPU), environments that draw on a
+    square ``screen_dim`` canvas (Pendulum-v1) draw at ``image_size`` instead of 500x500 and resizing, and Pendulum-v1
+    reads its arrow image once instead of at every render (``cache_images``). Other
     environments are rendered at their size and resized (bilinear).
 
     :param env_id: a Gymnasium id (e.g. ``"Pendulum-v1"``, ``"HalfCheetah-v5"``)
     :param action_repeat: simulation steps per agent step (paper: 3)
     :param image_size: side of the square observation images (paper: 64)
     :param render_mode: accepted for ``gym.make`` compatibility; the pixel env always renders ``"rgb_array"``
-    :param fast_render: render MuJoCo without shadows, reflections and skybox; draw Pendulum at ``image_size``
+    :param fast_render: render MuJoCo without shadows, reflections and skybox; draw Pendulum at ``image_size`` and
+        read its arrow image once
     :param kwargs: passed to ``gym.make`` (e.g. ``max_episode_steps``)
     :return: the wrapped environment
     """
@@ -135,7 +180,9 @@ def make_pixel_env(
         _disable_mujoco_effects(env)
     elif fast_render and isinstance(getattr(env.unwrapped, "screen_dim", None), int):
         env.unwrapped.screen_dim = image_size  # type: ignore[attr-defined]  # read at the first render
-    return PixelObservation(env, action_repeat=action_repeat, image_size=image_size)
+    # Pendulum-v1 reads its arrow image at every render and never modifies it
+    cache_images = fast_render and type(env.unwrapped).__module__ == "gymnasium.envs.classic_control.pendulum"
+    return PixelObservation(env, action_repeat=action_repeat, image_size=image_size, cache_images=cache_images)
 
 
 def _default_mujoco_gl() -> None:
