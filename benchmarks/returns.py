@@ -515,7 +515,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any
             runs[(row["env"], row["config"])][row["seed"]].append(row)
     summary = {}
     for cell, by_seed in runs.items():
-        curves = {seed: sorted(r, key=lambda r: r["step"]) for seed, r in by_seed.items()}
+        curves = {seed: sorted(r, key=lambda r: r["step"]) for seed, r in sorted(by_seed.items())}  # seed order
         steps = [r["step"] for r in next(iter(curves.values()))]
         returns = np.array([[r["eval_mean"] for r in curve] for curve in curves.values()])
         budget = steps[-1]

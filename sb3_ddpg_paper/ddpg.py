@@ -322,8 +322,6 @@ class PaperDDPG(SafeOffPolicyAlgorithm):
             "_actor_tensors",
             "_critic_tensors",
             "_flushed_outside",
-            "_resume_state",
-            "_last_checked_obs",
         ]
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:

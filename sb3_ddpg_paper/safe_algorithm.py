@@ -29,6 +29,10 @@ SelfSafe = TypeVar("SelfSafe", bound="SafeOffPolicyAlgorithm")
 class SafeOffPolicyAlgorithm(OffPolicyAlgorithm):
     """SB3's ``OffPolicyAlgorithm`` with atomic saves, checked loads, exact resume and non-finite data refused."""
 
+    def _excluded_save_params(self) -> list[str]:
+        # The observation last checked for NaN/inf, and a resumed run's state (put back at the start of its next learn())
+        return [*super()._excluded_save_params(), "_last_checked_obs", "_resume_state"]
+
     def _store_transition(
         self,
         replay_buffer: ReplayBuffer,
