@@ -8,6 +8,7 @@ import pytest
 import torch as th
 
 from sb3_ddpg_paper import PaperDDPG
+from sb3_ddpg_paper.checkpoints import load_checkpoint
 from sb3_ddpg_paper.export import load_exported_policy
 
 V0_1_0 = Path(__file__).parent / "fixtures" / "v0.1.0"
@@ -36,6 +37,8 @@ def test_checkpoint_of_0_1_0_resumes() -> None:
     assert model.replay_buffer is not None and model.replay_buffer.size() == EXPECTED["num_timesteps"]
     model.learn(50, reset_num_timesteps=False)
     assert model.num_timesteps == EXPECTED["num_timesteps"] + 50
+    # Its manifest names no class: loaded as PaperDDPG, the only algorithm 0.1.0 resumed by default
+    assert type(load_checkpoint(V0_1_0 / "checkpoints", device="cpu")) is PaperDDPG
 
 
 @pytest.mark.parametrize("name", ["actor.safetensors", "actor_critic.safetensors"])

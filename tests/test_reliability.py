@@ -209,6 +209,7 @@ def test_exact_resume_of_sb3_algorithms(tmp_path, algorithm_class):
                                algorithm_class=algorithm_class)  # fmt: skip
     resumed = learn_with_checkpoints(make_sb3_model, tmp_path / "b", TOTAL, SAVE_FREQ, algorithm_class=algorithm_class)
     assert type(resumed) is algorithm_class and resumed.num_timesteps == TOTAL
+    assert type(load_checkpoint(tmp_path / "b")) is algorithm_class  # the class named in the checkpoint's manifest
     assert np.array_equal(resumed.replay_buffer.actions, uninterrupted.replay_buffer.actions)
     assert_same_parameters(resumed, uninterrupted)
 
