@@ -25,11 +25,13 @@ for round in $(seq 1 "$rounds"); do
     # PYTHONPATH puts that tree's sb3_ddpg_paper ahead of the installed (editable) one
     (cd "$root" && PYTHONPATH="$root" python benchmarks/throughput.py --pairs 1 --long-steps 0 "$@" \
       --out "$out/$side-$round.json") > "$out/$side-$round.txt"
-    grep -E "^\S+ +[A-F]/[A-F] = " "$out/$side-$round.txt" | sed "s/^/round $round $side  /" | cut -d'(' -f1 >> "$out/summary.txt"
+    # Ratio lines ("Pendulum-v1 A/B = 1.64 (...)") and each contender's ms per step ("pair 0 <env> <X> ... ms/step")
+    grep -E "^\S+ +[A-F]/[A-F] = " "$out/$side-$round.txt" | sed "s/^/round $round $side  /" | cut -d'(' -f1 >> "$out/summary.txt" || true
+    grep -E "^pair 0 " "$out/$side-$round.txt" | awk -v r="$round" -v s="$side" '{print "round", r, s, " " $3, $4, "=", $(NF-1), "ms/step"}' >> "$out/summary.txt" || true
   done
 done
 echo "medians over rounds:" >> "$out/summary.txt"
-grep "^round" "$out/summary.txt" | awk '{key=$3" "$4" "$5; v[key]=v[key]" "$7} END {for (k in v) print k, v[k]}' | sort -k2,2 -k1,1 |
+grep "^round" "$out/summary.txt" | awk '{key=$3" "$4" "$5; v[key]=v[key]" "$7} END {for (k in v) print k, v[k]}' | sort -k2,2 -k3,3 -k1,1 |
   while read -r side env ratio values; do
     median=$(echo "$values" | tr ' ' '\n' | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}')
     echo "  $env $ratio $side: $median  (rounds: $values)"

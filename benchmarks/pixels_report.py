@@ -2,7 +2,7 @@
 Pixel Pendulum beside low-dimensional Pendulum, from the two results CSVs of ``benchmarks/returns.py`` (issue 15).
 
 Writes ``curve-pixels-vs-state.png`` (mean evaluation return over seeds, band: min to max, for the pixel runs and the
-state runs of the same config) and ``comparison.md`` (the return of every seed at common evaluation steps, final and
+state runs of the same config and seeds) and ``comparison.md`` (the return of every seed at common evaluation steps, final and
 best mean, the paper's normalised score mapped to Pendulum-v1 returns) into ``--out``. Both returns are
 Pendulum-v1 returns over the same 200 simulation steps (the pixel env repeats each action 3 times and sums the rewards).
 
@@ -46,12 +46,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cells = {}
-    for label, path, env in (
-        ("pixels", args.pixels, "sb3_ddpg_paper/PixelPendulum-v1"),
-        ("state", args.state, "Pendulum-v1"),
-    ):
-        cells[label] = summarise(read_rows(path))[(env, args.config)]
+    cells = {"pixels": summarise(read_rows(args.pixels))[("sb3_ddpg_paper/PixelPendulum-v1", args.config)]}
+    seeds = set(cells["pixels"]["seeds"])  # the state runs of the same seeds
+    cells["state"] = summarise([r for r in read_rows(args.state) if r["seed"] in seeds])[("Pendulum-v1", args.config)]
     args.out.mkdir(parents=True, exist_ok=True)
 
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
