@@ -193,6 +193,7 @@ def test_summary_numbers():
     assert cell["final_mean"] == pytest.approx(-200.0) and cell["final_std"] == pytest.approx(100.0)
     # AUC seed 0: (-750 * 50 + -300 * 50) / 100 = -525; seed 1: (-850 * 50 + -500 * 50) / 100 = -675
     assert cell["auc_mean"] == pytest.approx(-600.0)
+    assert (cell["best_mean"], cell["best_step"]) == (pytest.approx(-200.0), 100)  # the TD3 paper's statistic
     assert cell["steps_per_second"] == pytest.approx(10.0)
 
 
