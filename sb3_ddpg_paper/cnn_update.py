@@ -38,11 +38,13 @@ from typing import Any, NamedTuple, cast
 
 import torch as th
 from stable_baselines3.common.preprocessing import is_image_space
+from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from torch import nn
 from torch.nn import functional as F
 
 from sb3_ddpg_paper.fast_paths import raise_malloc_thresholds
 from sb3_ddpg_paper.mlp_update import (
+    Losses,
     _backward,
     _batch_norm_backward,
     _batch_norm_forward,
@@ -372,20 +374,10 @@ class CNNUpdate:
     def _images(self, observations: th.Tensor) -> _Images:
         return _Images(observations, self.policy.observation_space, self.policy.actor.normalize_images)
 
-    def __call__(
-        self,
-        observations: th.Tensor,
-        actions: th.Tensor,
-        next_observations: th.Tensor,
-        rewards: th.Tensor,
-        dones: th.Tensor,
-        discounts: th.Tensor | float,
-    ) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
-        """
-        One critic step and one actor step on this batch (Algorithm 1, lines 12-14).
-
-        :return: the critic loss, the actor loss and the mean Q-value of the batch (before the critic step), detached
-        """
+    def __call__(self, batch: ReplayBufferSamples, discounts: th.Tensor | float) -> Losses:
+        """One critic step and one actor step (Algorithm 1, lines 12-14; see ``update.GradientStep``)."""
+        observations, actions, next_observations = batch.observations, batch.actions, batch.next_observations
+        rewards, dones = batch.rewards, batch.dones
         k = self.action_at
         actor, critic = self.actor, self.critic
         with th.no_grad():

@@ -274,10 +274,7 @@ class PaperDDPG(SafeOffPolicyAlgorithm):
                 # n-step returns (not in the paper): the buffer gives gamma**k for the k steps actually used
                 discounts = batch.discounts if batch.discounts is not None else self.gamma
                 # Lines 12-14: the target y_i from the target networks, the critic step, the actor step
-                step_losses = self.gradient_step(
-                    batch.observations, batch.actions, batch.next_observations, batch.rewards, batch.dones, discounts
-                )
-                losses.append(th.stack(step_losses))
+                losses.append(th.stack(self.gradient_step(batch, discounts)))
                 # Line 15: theta' <- tau * theta + (1 - tau) * theta' for the critic and the actor
                 if self._n_updates % critic_interval == 0:
                     _soft_update(*self._critic_tensors, self.tau)

@@ -24,6 +24,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import torch as th
+from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from torch import nn
 
 from sb3_ddpg_paper.torch_compat import ATEN, apply_gradients
@@ -34,6 +35,8 @@ _relu_backward = ATEN.threshold_backward
 _tanh_backward = ATEN.tanh_backward
 _batch_norm = ATEN.native_batch_norm
 _batch_norm_backward = ATEN.native_batch_norm_backward
+
+Losses = tuple[th.Tensor, th.Tensor, th.Tensor]  # critic loss, actor loss, mean Q-value of the batch (detached)
 
 _BATCH_NORMS = (nn.BatchNorm1d, BatchNorm1d)  # exact types: a subclass may change forward()
 _SUPPORTED = (nn.Linear, *_BATCH_NORMS, nn.ReLU, nn.Tanh)
@@ -234,20 +237,10 @@ class MLPUpdate:
         assert isinstance(layer, nn.Linear)
         return layer.weight[:, self.action_columns]
 
-    def __call__(
-        self,
-        observations: th.Tensor,
-        actions: th.Tensor,
-        next_observations: th.Tensor,
-        rewards: th.Tensor,
-        dones: th.Tensor,
-        discounts: th.Tensor | float,
-    ) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
-        """
-        One critic step and one actor step on this batch (Algorithm 1, lines 12-14).
-
-        :return: the critic loss, the actor loss and the mean Q-value of the batch (before the critic step), detached
-        """
+    def __call__(self, batch: ReplayBufferSamples, discounts: th.Tensor | float) -> Losses:
+        """One critic step and one actor step (Algorithm 1, lines 12-14; see ``update.GradientStep``)."""
+        observations, actions, next_observations = batch.observations, batch.actions, batch.next_observations
+        rewards, dones = batch.rewards, batch.dones
         k = self.action_at
         with th.no_grad():
             obs = observations if observations.dtype == th.float32 else observations.float()

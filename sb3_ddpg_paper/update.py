@@ -15,27 +15,21 @@ Lines 12-14 of Algorithm 1 (Lillicrap et al. 2016): one critic step, then one ac
 from typing import Any, Protocol
 
 import torch as th
+from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from torch.nn import functional as F
 
 from sb3_ddpg_paper.cnn_update import CNNUpdate
-from sb3_ddpg_paper.mlp_update import MLPUpdate
+from sb3_ddpg_paper.mlp_update import Losses, MLPUpdate
 from sb3_ddpg_paper.torch_compat import apply_gradients, hand_written_updates
 from sb3_ddpg_paper.torch_layers import batch_norm_modules, frozen_running_statistics
 
 
 class GradientStep(Protocol):
-    def __call__(
-        self,
-        observations: th.Tensor,
-        actions: th.Tensor,
-        next_observations: th.Tensor,
-        rewards: th.Tensor,
-        dones: th.Tensor,
-        discounts: th.Tensor | float,
-    ) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+    def __call__(self, batch: ReplayBufferSamples, discounts: th.Tensor | float) -> Losses:
         """
         One critic step and one actor step on a minibatch (the target networks are not updated).
 
+        :param batch: the minibatch sampled from the replay buffer
         :param discounts: gamma, or per sample gamma**k for n-step returns
         :return: the critic loss, the actor loss and the mean Q-value of the batch (before the critic step), detached
         """
@@ -60,23 +54,16 @@ class AutogradStep:
         self.critic, self.critic_target = policy.critic, policy.critic_target
         self.critic_batch_norms = batch_norm_modules(self.critic)
 
-    def __call__(
-        self,
-        observations: th.Tensor,
-        actions: th.Tensor,
-        next_observations: th.Tensor,
-        rewards: th.Tensor,
-        dones: th.Tensor,
-        discounts: th.Tensor | float,
-    ) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+    def __call__(self, batch: ReplayBufferSamples, discounts: th.Tensor | float) -> Losses:
+        observations, next_observations = batch.observations, batch.next_observations
         # Line 12: y_i = r_i + gamma * Q'(s_{i+1}, mu'(s_{i+1})) from the TARGET networks; true terminals are masked,
         # time-limit truncations bootstrapped (the replay buffer's dones)
         with th.no_grad():
             next_q = self.critic_target.q1_forward(next_observations, self.actor_target(next_observations))
-            target_q = rewards + (1 - dones) * discounts * next_q
+            target_q = batch.rewards + (1 - batch.dones) * discounts * next_q
         # Line 13: the critic minimises L = mean (y_i - Q(s_i, a_i))^2. Batch norm: the critic normalises with this
         # batch's statistics and updates its running statistics
-        current_q = self.critic(observations, actions)[0]
+        current_q = self.critic(observations, batch.actions)[0]
         critic_loss = F.mse_loss(current_q, target_q)
         _minimize(self.critic.optimizer, critic_loss)
 
