@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cnn_update.F = types.SimpleNamespace(conv2d=_timed("convolutions, forward", F.conv2d))  # type: ignore[assignment]
     cnn_update._convolution_backward = _timed("convolutions, backward", cnn_update._convolution_backward)
     cnn_update._batch_norm_forward = _timed("conv batch norm, forward", cnn_update._batch_norm_forward)
-    cnn_update._batch_norm_backward = _timed("conv batch norm, backward", cnn_update._batch_norm_backward)
+    cnn_update._batch_norm_layer_backward = _timed("conv batch norm, backward", cnn_update._batch_norm_layer_backward)
     cnn_update._relu_backward = _timed("conv ReLU, backward", cnn_update._relu_backward)
     cnn_update._forward = _timed("fully connected layers, forward", cnn_update._forward)
     cnn_update._backward = _timed("fully connected layers, backward", cnn_update._backward)

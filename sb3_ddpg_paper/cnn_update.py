@@ -46,8 +46,8 @@ from sb3_ddpg_paper.fast_paths import raise_malloc_thresholds
 from sb3_ddpg_paper.mlp_update import (
     Losses,
     _backward,
-    _batch_norm_backward,
     _batch_norm_forward,
+    _batch_norm_layer_backward,
     _check_chain,
     _forward,
     _relu_backward,
@@ -266,18 +266,7 @@ def _tower_backward(tower: _Tower, saved: list[Any], g: th.Tensor, grads: dict[t
                 grads[layer.bias] = grad_bias
             g = grad_input
         elif isinstance(layer, nn.BatchNorm2d):
-            grad_input, grad_weight, grad_bias = _batch_norm_backward(
-                g,
-                state.tensor,
-                layer.weight,
-                state.running_mean,
-                state.running_var,
-                state.save_mean,
-                state.save_invstd,
-                state.batch_statistics,
-                layer.eps,
-                [True, True, True],
-            )
+            grad_input, grad_weight, grad_bias = _batch_norm_layer_backward(layer, state, g, [True, True, True])
             grads[layer.weight], grads[layer.bias] = grad_weight, grad_bias
             g = grad_input
         else:  # nn.ReLU

@@ -53,6 +53,22 @@ class _Saved(NamedTuple):
     batch_statistics: bool = True
 
 
+def _batch_norm_layer_backward(layer: nn.Module, state: _Saved, g: th.Tensor, output_mask: list[bool]) -> Any:
+    """``native_batch_norm_backward`` of one batch-norm layer from what its forward pass saved."""
+    return _batch_norm_backward(
+        g,
+        state.tensor,
+        layer.weight,
+        state.running_mean,
+        state.running_var,
+        state.save_mean,
+        state.save_invstd,
+        state.batch_statistics,
+        layer.eps,
+        output_mask,
+    )
+
+
 def _check_chain(modules: list[nn.Module], last: type[nn.Module]) -> bool:
     """Linear / affine BatchNorm1d / ReLU layers ending with ``last``, each Linear followed by at most BN and ReLU."""
     if not modules or type(modules[-1]) is not last:
@@ -142,17 +158,8 @@ def _backward(
             if need_input:
                 g = g.mm(layer.weight[:, input_columns] if i == stop else layer.weight)
         elif isinstance(layer, nn.BatchNorm1d):
-            grad_input, grad_weight, grad_bias = _batch_norm_backward(
-                g,
-                state.tensor,
-                layer.weight,
-                state.running_mean,
-                state.running_var,
-                state.save_mean,
-                state.save_invstd,
-                state.batch_statistics,
-                layer.eps,
-                [need_input, grads is not None, grads is not None],
+            grad_input, grad_weight, grad_bias = _batch_norm_layer_backward(
+                layer, state, g, [need_input, grads is not None, grads is not None]
             )
             if grads is not None:
                 grads[layer.weight], grads[layer.bias] = grad_weight, grad_bias
