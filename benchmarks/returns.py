@@ -532,6 +532,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any
             # The TD3 paper's statistic (Fujimoto et al. 2018, Table 1): the best evaluation of the mean over seeds
             "best_mean": float(mean_curve.max()),
             "best_step": int(steps[int(mean_curve.argmax())]),
+            "aucs": auc,
             "auc_mean": float(auc.mean()),
             "auc_std": float(auc.std()),
             "seconds": float(seconds.mean()),
@@ -567,7 +568,8 @@ def write_report(csv_path: Path, out_dir: Path, at_steps: Sequence[int] | None =
         "Final: evaluation return (10 episodes, no noise) at the end of the budget, mean +- std over seeds. "
         "Best mean: the best evaluation of the mean over seeds, and its step (the TD3 paper's statistic). "
         "AUC: mean evaluation return over the whole budget (trapezoidal), mean +- std over seeds. "
-        "Time: training wall time per run (evaluation excluded), one torch thread, two runs at a time on 2 cores.",
+        "Time: training wall time per run (evaluation excluded), one torch thread, two runs at a time on 2 cores. "
+        "Per seed: the final evaluation, the best evaluation (and its step) and the AUC of each run.",
     ]
     for env in envs:
         configs = _order(c for e, c in summary if e == env)
@@ -607,6 +609,15 @@ def write_report(csv_path: Path, out_dir: Path, at_steps: Sequence[int] | None =
                 f"{cell['best_mean']:.1f} ({cell['best_step']:,}) | "
                 f"{cell['auc_mean']:.1f} +- {cell['auc_std']:.1f} | {cell['seconds']:.0f} | {cell['steps_per_second']:.0f} |"
             )
+        # Per seed: the spread behind the means (one seed's best is the most a single run showed)
+        lines += ["", "| config | seed | final return | best (step) | AUC |", "|---|---|---|---|---|"]
+        for config in configs:
+            cell = summary[(env, config)]
+            for seed, curve, auc in zip(cell["seeds"], cell["returns"], cell["aucs"], strict=True):
+                best = int(curve.argmax())
+                lines.append(
+                    f"| {config} | {seed} | {curve[-1]:.1f} | {curve[best]:.1f} ({int(cell['steps'][best]):,}) | {auc:.1f} |"
+                )
         # The asked-for steps that this env's evaluations hit (the envs evaluate at different intervals)
         env_steps = [step for step in at_steps or [] if any(step in summary[(env, c)]["steps"] for c in configs)]
         if env_steps:
