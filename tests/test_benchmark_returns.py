@@ -107,12 +107,16 @@ def test_tiny_matrix_on_ray_killed_trials_and_report(tmp_path, capsys):
         line = next(line for line in table.splitlines() if line.startswith(f"| {config} |"))
         cell = returns.summarise(rows)[("Pendulum-v1", config)]
         assert f"| 2 | {cell['final_mean']:.1f} +- {cell['final_std']:.1f} |" in line
+        # Each seed's final and best evaluation (with its step)
+        for seed, curve in zip(cell["seeds"], cell["returns"], strict=True):
+            best = int(curve.argmax())
+            assert f"| {config} | {seed} | {curve[-1]:.1f} | {curve[best]:.1f} ({int(cell['steps'][best]):,}) |" in table
     # Per-seed returns at chosen steps: only the steps this env's evaluations hit become columns
     returns.write_report(reference / "returns.csv", reference, at_steps=[150, 200, 300])
     table = (reference / "tables.md").read_text()
-    assert "| config | seed | 150 | 300 |" in table
-    td3_line = next(line for line in table.splitlines() if line.startswith("| sb3-td3 | 0 |"))
-    paper_line = next(line for line in table.splitlines() if line.startswith("| paper | 0 |"))
+    at_table = table.split("| config | seed | 150 | 300 |")[1].splitlines()
+    td3_line = next(line for line in at_table if line.startswith("| sb3-td3 | 0 |"))
+    paper_line = next(line for line in at_table if line.startswith("| paper | 0 |"))
     assert td3_line.count("|") == 5 and "|  |" not in td3_line
     assert paper_line.startswith("| paper | 0 |  | ")  # PaperDDPG evaluates every 300 steps here
 
