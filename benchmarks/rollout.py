@@ -2,8 +2,10 @@
 What a trained policy does: deterministic episodes of a saved model, with each episode's length, how it ended and its
 reward split into the environment's terms (MuJoCo's ``reward_*`` entries of ``info``: forward, control, survival).
 
-A return says how much; this says why. On Hopper, for instance, a return of 200 may be a hopper that falls after 150
-steps or one that stands still for 200; the lengths and the survival and forward terms tell which.
+A return says how much; this says why. On Hopper, a return of 200 may be a hopper that falls after 150 steps or one
+that stands still for 200: the lengths and the survival and forward terms tell which. For the planar walkers
+(HalfCheetah, Hopper, Walker2d) it also gives the share of steps with the torso turned over (pitch beyond 90 degrees):
+a cheetah that runs on its back.
 
     python benchmarks/rollout.py model.zip --env Hopper-v5
     python benchmarks/rollout.py path/to/checkpoint_000000950000 --env Hopper-v5 --episodes 10 --seed 10000
@@ -26,6 +28,8 @@ import torch as th
 
 from sb3_ddpg_paper import PaperDDPG
 
+PLANAR_WALKERS = ("HalfCheetah", "Hopper", "Walker2d")
+
 
 def model_file(path: Path) -> Path:
     """The ``model.zip`` of a checkpoint directory (the newest ``checkpoint_<steps>`` below it), or ``path`` itself."""
@@ -41,11 +45,15 @@ def rollout(model: PaperDDPG, env: gym.Env, seed: int | None) -> dict[str, float
     """One deterministic episode: its return, length, whether it terminated, mean forward velocity, reward terms."""
     obs, _ = env.reset(seed=seed)
     totals: dict[str, float] = defaultdict(float)
-    velocities = []
+    velocities, upside_down = [], []
+    # Planar MuJoCo walkers (HalfCheetah, Hopper, Walker2d): qpos = [rootx, rootz, rooty, ...], rooty the torso's pitch
+    planar = env.spec is not None and env.spec.id.split("-")[0] in PLANAR_WALKERS
     length, terminated, truncated = 0, False, False
     while not (terminated or truncated):
         action, _ = model.predict(obs, deterministic=True)
         obs, reward, terminated, truncated, info = env.step(action)
+        if planar:
+            upside_down.append(float(np.cos(env.unwrapped.data.qpos[2]) < 0))  # type: ignore[attr-defined]
         totals["return"] += float(reward)
         for key, value in info.items():
             if key.startswith("reward_"):
@@ -53,7 +61,10 @@ def rollout(model: PaperDDPG, env: gym.Env, seed: int | None) -> dict[str, float
         if "x_velocity" in info:
             velocities.append(float(info["x_velocity"]))
         length += 1
-    return {"length": length, "fell": float(terminated), "x_velocity": float(np.mean(velocities or [np.nan])), **totals}
+    episode = {"length": length, "fell": float(terminated), "x_velocity": float(np.mean(velocities or [np.nan]))}
+    if planar:
+        episode["upside_down"] = float(np.mean(upside_down))  # the share of steps with the torso turned over
+    return {**episode, **totals}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -75,8 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("| episode | " + " | ".join(columns) + " |")
     print("|---" * (len(columns) + 1) + "|")
     for number, episode in enumerate(episodes):
-        print(f"| {number} | " + " | ".join(f"{episode[c]:.1f}" for c in columns) + " |")
-    print("| mean | " + " | ".join(f"{np.mean([e[c] for e in episodes]):.1f}" for c in columns) + " |")
+        print(f"| {number} | " + " | ".join(f"{episode[c]:.2f}" for c in columns) + " |")
+    print("| mean | " + " | ".join(f"{np.mean([e[c] for e in episodes]):.2f}" for c in columns) + " |")
     return 0
 
 
