@@ -20,7 +20,8 @@ budget is not submitted again.
 
 Outputs (``--out``, default ``docs/results``): ``returns.csv`` (one row per evaluation point), one
 ``curve-<env>.png`` per environment (mean over seeds, band: min to max) and ``tables.md`` (final return mean +- std over
-seeds, area under the curve, wall time and training steps/s per run). Tune's experiment (trial checkpoints and state)
+seeds, area under the curve, wall time and training steps/s per run), and ``models/<config>_<env>_<seed>.zip``: each
+finished run's trained model (``model.save``; see ``benchmarks/rollout.py``). Tune's experiment (trial checkpoints and state)
 lives in ``--storage`` (default: ``.tune`` next to the CSV) until all its runs are in the CSV.
 """
 
@@ -34,6 +35,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -51,6 +53,8 @@ DEFAULT_OUT = Path(__file__).resolve().parent.parent / "docs" / "results"
 CSV_NAME = "returns.csv"
 STORAGE_NAME = ".tune"  # Tune's storage by default: next to the CSV
 ROWS_NAME = "rows.json"  # in a trial's Tune checkpoint: its evaluations up to the checkpoint
+FINAL_MODEL_NAME = "model.zip"  # in a finished trial's last Tune checkpoint: the trained model (model.save)
+MODELS_NAME = "models"  # next to the CSV: each finished run's trained model, <config>_<env>_<seed>.zip
 # Test hook (tests/test_benchmark_returns.py): set in the trials' environment, it makes the first attempt of every
 # trial die right after it has handed Tune its first checkpoint.
 KILL_AFTER_FIRST_CHECKPOINT = "RETURNS_TEST_KILL_AFTER_FIRST_CHECKPOINT"
@@ -258,6 +262,8 @@ def train_run(config: dict[str, Any]) -> None:
         final = work_dir / "final"
         final.mkdir()
         (final / ROWS_NAME).write_text(json.dumps(rows))
+        if (work_dir / FINAL_MODEL_NAME).exists():  # saved by _train, or restored with a finished run's checkpoint
+            shutil.copy(work_dir / FINAL_MODEL_NAME, final / FINAL_MODEL_NAME)
         tune.report(_metrics(rows[-1]), checkpoint=tune.Checkpoint.from_directory(final))
 
 
@@ -318,6 +324,7 @@ def _train(run: Run, work_dir: Path, rows: list[dict[str, Any]]) -> None:
         model.learn(run.budget - model.num_timesteps, callback=callbacks, reset_num_timesteps=not resumed)
     if rows[-1]["step"] != run.budget:
         record(run.budget)
+    model.save(work_dir / FINAL_MODEL_NAME)  # the trained model, for the driver to keep (RecordRuns)
     assert model.env is not None
     model.env.close()
     eval_env.close()
@@ -354,16 +361,31 @@ def checkpoint_steps(experiment: str) -> dict[tuple[str, str, int], int]:
     return {Run(**r.config["run"]).key: r.best_checkpoints[-1][1]["step"] for r in results if r.best_checkpoints}
 
 
+def model_path(csv_path: Path, run: Run) -> Path:
+    """Where a finished run's trained model is kept: ``models/<config>_<env>_<seed>.zip`` next to the CSV."""
+    return csv_path.parent / MODELS_NAME / f"{run.config}_{file_name(run.env)}_{run.seed}.zip"
+
+
 class RecordRuns(tune.Callback):
-    """Put each finished run into the CSV, on the driver (the trials may run on other machines of a cluster)."""
+    """
+    Put each finished run into the CSV, on the driver (the trials may run on other machines of a cluster), and its
+    trained model into ``models/<config>_<env>_<seed>.zip`` next to the CSV (e.g. for ``benchmarks/rollout.py``).
+    """
 
     def __init__(self, csv_path: Path):
         self.csv_path = csv_path
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         run = Run(**trial.config["run"])
-        with trial.checkpoint.as_directory() as directory:  # the trial's last checkpoint: its evaluations
+        with trial.checkpoint.as_directory() as directory:  # the trial's last checkpoint: its evaluations and model
             rows = json.loads((Path(directory) / ROWS_NAME).read_text())
+            trained = Path(directory) / FINAL_MODEL_NAME
+            if trained.exists():
+                models = self.csv_path.parent / MODELS_NAME
+                models.mkdir(parents=True, exist_ok=True)
+                partial = models / f".{run.config}_{file_name(run.env)}_{run.seed}.zip.tmp"
+                shutil.copy(trained, partial)
+                partial.replace(model_path(self.csv_path, run))  # whole or not at all
         record_run(self.csv_path, run.key, rows)
         seconds = rows[-1]["train_seconds"]
         retries = f", retried after {trial.num_failures} failure(s)" if trial.num_failures else ""

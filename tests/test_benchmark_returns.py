@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import ray
+import torch as th
 from ray import cloudpickle
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -96,6 +97,20 @@ def test_tiny_matrix_on_ray_killed_trials_and_report(tmp_path, capsys):
     assert sorted(retried) == sorted(f"done {run.key}" for run in seed_0)
     curves = _curves(returns.read_rows(killed / "returns.csv"))
     assert curves == {run.key: _curves(rows)[run.key] for run in seed_0}
+
+    # Each finished run's trained model is kept next to the CSV (nothing else there); a retried run's equals the
+    # uninterrupted run's
+    assert sorted(p.name for p in (reference / "models").iterdir()) == sorted(
+        f"{run.config}_{run.env}_{run.seed}.zip" for run in MATRIX
+    )
+    for run in seed_0:
+        algorithm = returns.algorithm_class(returns.CONFIGS[run.config])
+        retried, uninterrupted = (
+            algorithm.load(returns.model_path(out / "returns.csv", run), device="cpu").policy.state_dict()
+            for out in (killed, reference)
+        )
+        assert retried.keys() == uninterrupted.keys()
+        assert all(th.equal(retried[name], uninterrupted[name]) for name in retried)
 
     # Plots and tables, from the CSV alone
     written = returns.write_report(reference / "returns.csv", reference)
