@@ -381,11 +381,11 @@ class RecordRuns(tune.Callback):
             rows = json.loads((Path(directory) / ROWS_NAME).read_text())
             trained = Path(directory) / FINAL_MODEL_NAME
             if trained.exists():
-                models = self.csv_path.parent / MODELS_NAME
-                models.mkdir(parents=True, exist_ok=True)
-                partial = models / f".{run.config}_{file_name(run.env)}_{run.seed}.zip.tmp"
+                target = model_path(self.csv_path, run)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                partial = target.with_name(f".{target.name}.tmp")
                 shutil.copy(trained, partial)
-                partial.replace(model_path(self.csv_path, run))  # whole or not at all
+                partial.replace(target)  # whole or not at all
         record_run(self.csv_path, run.key, rows)
         seconds = rows[-1]["train_seconds"]
         retries = f", retried after {trial.num_failures} failure(s)" if trial.num_failures else ""
