@@ -38,7 +38,9 @@ MATRIX = [
 @contextlib.contextmanager
 def local_ray(**env_vars: str) -> Iterator[str]:
     """A local Ray with 2 CPUs whose workers see ``env_vars``, shut down whatever happens; yields its address."""
-    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": env_vars})
+    # address="local": a new Ray of its own, even where a cluster started with `ray start` runs on this machine
+    # (ray.init() would join that one, where num_cpus is refused)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env={"env_vars": env_vars})
     try:
         yield ray.get_runtime_context().gcs_address
     finally:
@@ -258,3 +260,23 @@ def test_report_of_a_namespaced_env_id(tmp_path):
     returns.write_report(tmp_path / "returns.csv", tmp_path)
     assert (tmp_path / "curve-sb3_ddpg_paper-PixelPendulum-v1.png").stat().st_size > 0
     assert f"![{env}](curve-sb3_ddpg_paper-PixelPendulum-v1.png)" in (tmp_path / "tables.md").read_text()
+
+
+def test_report_of_a_single_seed_shows_its_value_without_a_spread(tmp_path):
+    rows = [
+        dict(
+            config="paper",
+            env="Pendulum-v1",
+            seed=0,
+            budget=100,
+            step=step,
+            eval_mean=-1000.0 + step,
+            eval_std=0.0,
+            train_seconds=step,
+        )
+        for step in (0, 50, 100)
+    ]
+    returns.write_rows(tmp_path / "returns.csv", rows)
+    returns.write_report(tmp_path / "returns.csv", tmp_path)
+    # final -900.0, best -900.0 at step 100, AUC: mean of the trapezoidal curve, -950.0
+    assert "| paper | 1 | -900.0 | -900.0 (100) | -950.0 | 100 | 1 |" in (tmp_path / "tables.md").read_text()
