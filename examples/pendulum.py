@@ -8,6 +8,7 @@ import argparse
 import gymnasium as gym
 import torch as th
 from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.monitor import Monitor
 
 from sb3_ddpg_paper import PaperDDPG
 
@@ -23,7 +24,7 @@ def main() -> None:
     model = PaperDDPG("Pendulum-v1", seed=args.seed, verbose=0)
     print(f"Training PaperDDPG (paper defaults) on Pendulum-v1 for {args.steps} steps, seed {args.seed}...")
     model.learn(args.steps, progress_bar=False)
-    eval_env = gym.make("Pendulum-v1")
+    eval_env = Monitor(gym.make("Pendulum-v1"))  # evaluate_policy reads episode returns from Monitor
     eval_env.reset(seed=10_000 + args.seed)
     mean_return, std_return = evaluate_policy(model, eval_env, n_eval_episodes=args.eval_episodes, deterministic=True)
     print(f"Evaluation return over {args.eval_episodes} episodes without noise: {mean_return:.1f} +- {std_return:.1f}")
