@@ -620,7 +620,7 @@ def write_report(csv_path: Path, out_dir: Path, at_steps: Sequence[int] | None =
         plt.close(fig)
         written.append(png)
 
-        budget = int(summary[(env, configs[0])]["steps"][-1])
+        budget = max(int(summary[(env, c)]["steps"][-1]) for c in configs)
         lines += [
             "",
             f"### {env} ({budget:,} steps)",
@@ -633,8 +633,9 @@ def write_report(csv_path: Path, out_dir: Path, at_steps: Sequence[int] | None =
         for config in configs:
             cell = summary[(env, config)]
             n_seeds = len(cell["seeds"])
+            label = config if cell["steps"][-1] == budget else f"{config} ({int(cell['steps'][-1]):,} steps)"
             lines.append(
-                f"| {config} | {n_seeds} | {_spread(cell['final_mean'], cell['final_std'], n_seeds)} | "
+                f"| {label} | {n_seeds} | {_spread(cell['final_mean'], cell['final_std'], n_seeds)} | "
                 f"{cell['best_mean']:.1f} ({cell['best_step']:,}) | {_spread(cell['auc_mean'], cell['auc_std'], n_seeds)} | "
                 f"{cell['seconds']:.0f} | {cell['steps_per_second']:.0f} |"
             )

@@ -120,8 +120,8 @@ def test_tiny_matrix_on_ray_killed_trials_and_report(tmp_path, capsys):
     table = (reference / "tables.md").read_text()
     assert reference / "tables.md" in written
     assert "### Pendulum-v1 (1,200 steps)" in table
-    for config in ("paper", "sb3-td3"):
-        line = next(line for line in table.splitlines() if line.startswith(f"| {config} |"))
+    for config, label in (("paper", "paper"), ("sb3-td3", "sb3-td3 (600 steps)")):  # TD3's runs are shorter
+        line = next(line for line in table.splitlines() if line.startswith(f"| {label} |"))
         cell = returns.summarise(rows)[("Pendulum-v1", config)]
         assert f"| 2 | {cell['final_mean']:.1f} +- {cell['final_std']:.1f} |" in line
         # Each seed's final and best evaluation (with its step)
@@ -262,21 +262,26 @@ def test_report_of_a_namespaced_env_id(tmp_path):
     assert f"![{env}](curve-sb3_ddpg_paper-PixelPendulum-v1.png)" in (tmp_path / "tables.md").read_text()
 
 
-def test_report_of_a_single_seed_shows_its_value_without_a_spread(tmp_path):
+def test_report_of_a_single_seed_and_of_a_shorter_budget(tmp_path):
     rows = [
         dict(
-            config="paper",
+            config=config,
             env="Pendulum-v1",
             seed=0,
-            budget=100,
+            budget=budget,
             step=step,
             eval_mean=-1000.0 + step,
             eval_std=0.0,
             train_seconds=step,
         )
-        for step in (0, 50, 100)
+        for config, budget in (("paper", 100), ("paper-no-bn", 50))
+        for step in range(0, budget + 1, 50)
     ]
     returns.write_rows(tmp_path / "returns.csv", rows)
     returns.write_report(tmp_path / "returns.csv", tmp_path)
-    # final -900.0, best -900.0 at step 100, AUC: mean of the trapezoidal curve, -950.0
-    assert "| paper | 1 | -900.0 | -900.0 (100) | -950.0 | 100 | 1 |" in (tmp_path / "tables.md").read_text()
+    tables = (tmp_path / "tables.md").read_text()
+    # One seed: its value, no "+- 0.0" (final -900.0, best -900.0 at step 100, AUC -950.0 over the trapezoidal curve)
+    assert "### Pendulum-v1 (100 steps)" in tables
+    assert "| paper | 1 | -900.0 | -900.0 (100) | -950.0 | 100 | 1 |" in tables
+    # A config that ran fewer steps than the section's budget says so
+    assert "| paper-no-bn (50 steps) | 1 | -950.0 | -950.0 (50) | -975.0 | 50 | 1 |" in tables
