@@ -547,6 +547,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any
         mean_curve = returns.mean(axis=0)
         summary[cell] = {
             "seeds": sorted(curves),
+            "budget": budget,  # the last evaluation's step
             "steps": np.array(steps),
             "returns": returns,
             "final_mean": float(returns[:, -1].mean()),
@@ -620,7 +621,7 @@ def write_report(csv_path: Path, out_dir: Path, at_steps: Sequence[int] | None =
         plt.close(fig)
         written.append(png)
 
-        budget = max(int(summary[(env, c)]["steps"][-1]) for c in configs)
+        budget = max(summary[(env, c)]["budget"] for c in configs)
         lines += [
             "",
             f"### {env} ({budget:,} steps)",
@@ -633,7 +634,7 @@ def write_report(csv_path: Path, out_dir: Path, at_steps: Sequence[int] | None =
         for config in configs:
             cell = summary[(env, config)]
             n_seeds = len(cell["seeds"])
-            label = config if cell["steps"][-1] == budget else f"{config} ({int(cell['steps'][-1]):,} steps)"
+            label = config if cell["budget"] == budget else f"{config} ({cell['budget']:,} steps)"
             lines.append(
                 f"| {label} | {n_seeds} | {_spread(cell['final_mean'], cell['final_std'], n_seeds)} | "
                 f"{cell['best_mean']:.1f} ({cell['best_step']:,}) | {_spread(cell['auc_mean'], cell['auc_std'], n_seeds)} | "
